@@ -1,0 +1,145 @@
+"""One env-driven settings module for every role (gateway, node, all-in-one).
+
+Every deploy-varying value comes from the environment (or `NAME_FILE` for secrets).
+See docs/configuration.md for the full list and the fallbacks.
+"""
+
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.FileAwareEnv()
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+DEBUG = env.bool("AXS_DEBUG", default=False)
+# The all-in-one runs on a laptop with nothing configured; a fleet sets AXS_SECRET_KEY.
+SECRET_KEY = env("AXS_SECRET_KEY", default="axserving-insecure-local-only-set-AXS_SECRET_KEY")
+ALLOWED_HOSTS = env.list("AXS_ALLOWED_HOSTS", default=["*"])
+
+# Postgres when DATABASE_URL is set or the local server answers; SQLite otherwise.
+_LOCAL_POSTGRES = "postgres://postgres@127.0.0.1:5432/axserving"
+DATABASE_URL = env("DATABASE_URL", default="") or (
+    _LOCAL_POSTGRES if _reachable(_LOCAL_POSTGRES, 5432) else f"sqlite:///{BASE_DIR / 'var' / 'axserving.sqlite3'}"
+)
+DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+# Redis when REDIS_URL is set or the local server answers; "" selects the in-memory
+# fallbacks, which only make sense for the single-process all-in-one.
+_LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+REDIS_URL = env("REDIS_URL", default="") or (_LOCAL_REDIS if _reachable(_LOCAL_REDIS, 6379) else "")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_prometheus",
+    "channels",
+    "axserving.access",
+    "audit",
+    "fleet",
+    "models_registry",
+    "inference",
+]
+
+MIDDLEWARE = [
+    "axserving.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "axserving.urls"
+ASGI_APPLICATION = "axserving.asgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+APPEND_SLASH = False
+
+# Request bodies over this size get 413 (OpenAI envelope).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("AXS_MAX_BODY_BYTES", default=4 * 1024 * 1024)
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    CELERY_BROKER_URL = REDIS_URL
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CELERY_BROKER_URL = "memory://"
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_SERIALIZER = "json"
+
+REST_FRAMEWORK = {
+    "EXCEPTION_HANDLER": "axserving.errors.drf_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": ["axserving.access.authentication.ApiKeyAuthentication"],
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {"TITLE": "axserving", "VERSION": "0.1.0"}
+
+# Node <-> gateway shared secret. Required for a fleet; the all-in-one generates one per run.
+AXS_NODE_TOKEN = env("AXS_NODE_TOKEN", default="")
+# Seconds without a heartbeat before a node gets no traffic.
+AXS_NODE_TTL = env.float("AXS_NODE_TTL", default=15.0)
+AXS_HEARTBEAT_INTERVAL = env.float("AXS_HEARTBEAT_INTERVAL", default=5.0)
+# How stale the gateway's in-process routing table may be.
+AXS_ROUTING_REFRESH = env.float("AXS_ROUTING_REFRESH", default=1.0)
+# How long a verified API key stays in the process cache.
+AXS_KEY_CACHE_SECONDS = env.float("AXS_KEY_CACHE_SECONDS", default=30.0)
+# A stream with no byte from the node for this long ends with an error event.
+AXS_STREAM_IDLE_TIMEOUT = env.float("AXS_STREAM_IDLE_TIMEOUT", default=120.0)
+# Default context length and queue depth for models the node loads.
+AXS_DEFAULT_N_CTX = env.int("AXS_DEFAULT_N_CTX", default=2048)
+AXS_NODE_QUEUE_DEPTH = env.int("AXS_NODE_QUEUE_DEPTH", default=64)
+AXS_N_THREADS = env.int("AXS_N_THREADS", default=0)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("AXS_LOG_LEVEL", default="INFO")},
+    "loggers": {"daphne": {"level": "WARNING"}, "django.server": {"level": "WARNING"}},
+}

@@ -1,0 +1,17 @@
+from django.db.models import QuerySet
+
+from .models import RegisteredModel
+
+
+def list_models() -> QuerySet[RegisteredModel]:
+    return RegisteredModel.objects.select_related("file").order_by("name")
+
+
+def get_model(*, name: str) -> RegisteredModel:
+    """The model called `name` or one of its aliases."""
+    model = RegisteredModel.objects.select_related("file").filter(name=name).first()
+    if model is None:
+        model = next((m for m in list_models() if name in m.aliases), None)
+    if model is None:
+        raise RegisteredModel.DoesNotExist(name)
+    return model
