@@ -113,12 +113,12 @@ class Generator:
         if any(t < 0 or t >= self.n_vocab for t in tokens):
             raise EngineError(f"Token ids must be in [0, {self.n_vocab}).", param=param)
 
-    def check_fits(self, n_prompt: int) -> None:
+    def check_fits(self, n_prompt: int, *, param: str = "messages") -> None:
         if n_prompt >= self.n_ctx:
             raise EngineError(
                 f"This model's maximum context length is {self.n_ctx} tokens; the prompt has {n_prompt}.",
                 code="context_length_exceeded",
-                param="messages",
+                param=param,
             )
 
     def detokenize(self, tokens: list[int]) -> str:
@@ -147,10 +147,10 @@ class Generator:
             sampler.add_dist(params.seed if params.seed is not None else random.getrandbits(32))
         return sampler
 
-    def _prefill(self, tokens: list[int]) -> None:
+    def _prefill(self, tokens: list[int], *, reuse: bool) -> None:
         """Evaluate the prompt, keeping the KV cache of the prefix it shares with the last request."""
         llama = self.llama
-        cached = llama.input_ids[: llama.n_tokens]
+        cached = llama.input_ids[: llama.n_tokens] if reuse else []
         shared = 0
         for a, b in zip(cached, tokens):
             if a != b:
@@ -172,7 +172,9 @@ class Generator:
         budget = self.n_ctx - len(prompt)
         max_tokens = min(params.max_tokens, budget) if params.max_tokens else budget
         sampler = self._sampler(params)
-        self._prefill(prompt)
+        # A seeded request evaluates its whole prompt: logits from a partial re-evaluation differ in
+        # the last bits from a full one, enough to change a sampled token, and seeds must reproduce.
+        self._prefill(prompt, reuse=params.seed is None)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = [s for s in params.stop if s]
         text, sent, count, reason, cut = "", 0, 0, "length", False

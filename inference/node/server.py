@@ -137,7 +137,7 @@ class NodeApp:
                     gen.check_tokens(tokens)
                     prompts.append(tokens)
             for tokens in prompts:
-                gen.check_fits(len(tokens))
+                gen.check_fits(len(tokens), param="messages" if chat else "prompt")
             job.emit(("start", sum(len(t) for t in prompts)))
             for p, tokens in enumerate(prompts):
                 prefix = gen.detokenize(tokens) if echo else ""

@@ -1,0 +1,116 @@
+"""Shared fixtures. `server` runs the real all-in-one (`manage.py serve`, what `make serve` runs)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from django.conf import settings
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    base_url: str
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def manage(self, *args: str) -> str:
+        """Run a management command against the server's database; return its stdout."""
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, check=True
+        )
+        return result.stdout
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _admin_conn() -> psycopg.Connection:
+    db = settings.DATABASES["default"]
+    return psycopg.connect(
+        dbname="postgres", host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"] or "postgres", autocommit=True
+    )
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    """The all-in-one on a free port, on its own fresh Postgres database and the test Redis."""
+    db = settings.DATABASES["default"]
+    assert db["ENGINE"] == "django.db.backends.postgresql", "the end-to-end tests run against Postgres"
+    name = f"test_axserving_e2e_{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{name}",
+        "REDIS_URL": settings.REDIS_URL,
+        "AXS_NODE_NAME": "e2e-node",
+        "AXS_HEARTBEAT_INTERVAL": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    ARTIFACTS.mkdir(exist_ok=True)
+    log_path = ARTIFACTS / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    srv = Server(base_url=f"http://127.0.0.1:{port}", env=env, process=process, log_path=log_path)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, f"server exited early:\n{srv.log()}"
+            assert time.monotonic() < deadline, f"server not healthy in time:\n{srv.log()}"
+            try:
+                if httpx.get(f"{srv.base_url}/health", timeout=2).json().get("status") == "ok":
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        yield srv
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        with _admin_conn() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def api_key(server: Server) -> str:
+    """A fresh key made the way an operator makes one: `manage.py keys create NAME`."""
+    return server.manage("keys", "create", "e2e").strip()
+
+
+@pytest.fixture(scope="session")
+def openai_client(server: Server, api_key: str):  # type: ignore[no-untyped-def]
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key=api_key, max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def http(server: Server, api_key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=120) as client:
+        yield client
