@@ -29,3 +29,11 @@ async def post(address: str, path: str, body: bytes, *, request_id: str) -> aioh
         "X-Request-ID": request_id,
     }
     return await session().post(f"{address}{path}", data=body, headers=headers)
+
+
+async def aclose() -> None:
+    """Close the pooled session (tests and shutdown)."""
+    global _session
+    if _session is not None and not _session.closed:
+        await _session.close()
+    _session = None

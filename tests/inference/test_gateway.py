@@ -5,6 +5,8 @@ import time
 import httpx
 
 CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "Count to fifty."}]}
+# Bans SmolLM2's end tokens (<|endoftext|>, <|im_end|>) so a generation runs to max_tokens.
+NO_EOS = {"0": -100, "2": -100}
 
 
 def test_request_id_is_echoed_or_minted_and_overhead_reported(http):
@@ -30,7 +32,8 @@ def test_health_reports_ok_with_the_servable_model(server):
 
 def test_client_that_disconnects_mid_stream_frees_the_node(http, server):
     # given a long generation that the client abandons after the first chunks
-    with http.stream("POST", "/v1/chat/completions", json={**CHAT, "max_tokens": 1500, "stream": True}) as response:
+    long_stream = {**CHAT, "max_tokens": 1500, "stream": True, "logit_bias": NO_EOS}
+    with http.stream("POST", "/v1/chat/completions", json=long_stream) as response:
         for i, _ in enumerate(response.iter_lines()):
             if i >= 4:
                 break
@@ -49,3 +52,10 @@ def test_stream_ends_with_done_marker(http):
 
     assert response.headers["content-type"].startswith("text/event-stream")
     assert lines[-1] == "data: [DONE]"
+
+
+def test_logit_bias_can_forbid_the_end_token(http):
+    response = http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 40, "logit_bias": NO_EOS, "temperature": 0})
+
+    assert response.json()["usage"]["completion_tokens"] == 40
+    assert response.json()["choices"][0]["finish_reason"] == "length"
