@@ -19,6 +19,7 @@ from .openai import Choice, Shape, embedding_item, sampling_params, usage
 
 logger = logging.getLogger(__name__)
 
+USAGE_COMMENT = b": usage "
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -34,6 +35,10 @@ def engine_error(exc: EngineError) -> web.Response:
 
 def sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def usage_comment(counts: dict[str, int]) -> bytes:
+    return USAGE_COMMENT + orjson.dumps(counts) + b"\n\n"
 
 
 class NodeApp:
@@ -197,6 +202,8 @@ class NodeApp:
         else:
             if include_usage:
                 await response.write(sse(shape.usage_chunk(usage(prompt_tokens, completion_tokens))))
+        # An SSE comment (clients ignore it) so the gateway can settle quotas on every stream.
+        await response.write(usage_comment(usage(prompt_tokens, completion_tokens)))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

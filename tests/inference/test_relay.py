@@ -70,3 +70,28 @@ async def test_complete_stream_is_passed_through_unchanged():
         await runner.cleanup()
 
     assert body == payload
+
+
+async def test_usage_comment_reaches_the_completion_hook():
+    payload = b'data: {"a": 1}\n\n: usage {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}\n\ndata: [DONE]\n\n'
+
+    async def fine(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(payload)
+        await response.write_eof()
+        return response
+
+    from inference.services import Outcome
+
+    seen: list[Outcome] = []
+    runner, address = await start_stub(fine)
+    try:
+        response = await client.post(address, "/internal/v1/chat/completions", b"{}", request_id="r1")
+        outcome = Outcome(model="m", node="n", status=200, usage=None)
+        body = b"".join([chunk async for chunk in _relay(response, "r1", outcome, seen.append)])
+    finally:
+        await runner.cleanup()
+
+    assert body == payload
+    assert seen[0].usage == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
