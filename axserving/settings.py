@@ -109,6 +109,7 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CELERY_BROKER_URL = "memory://"
 CELERY_TASK_ACKS_LATE = True
+CELERY_BEAT_SCHEDULE = {"sweep-nodes": {"task": "fleet.tasks.sweep_nodes", "schedule": 10.0}}
 CELERY_TASK_SERIALIZER = "json"
 
 REST_FRAMEWORK = {
@@ -116,14 +117,31 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": ["axserving.access.authentication.ApiKeyAuthentication"],
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
 }
 SPECTACULAR_SETTINGS = {"TITLE": "axserving", "VERSION": "0.1.0"}
 
 # Node <-> gateway shared secret. Required for a fleet; the all-in-one generates one per run.
 AXS_NODE_TOKEN = env("AXS_NODE_TOKEN", default="")
-# Seconds without a heartbeat before a node gets no traffic.
-AXS_NODE_TTL = env.float("AXS_NODE_TTL", default=15.0)
-AXS_HEARTBEAT_INTERVAL = env.float("AXS_HEARTBEAT_INTERVAL", default=5.0)
+# Heartbeats: a node silent for AXS_NODE_TTL seconds is unhealthy (no traffic); after
+# AXS_NODE_OFFLINE_AFTER it is offline.
+AXS_HEARTBEAT_INTERVAL = env.float("AXS_HEARTBEAT_INTERVAL", default=2.0)
+AXS_NODE_TTL = env.float("AXS_NODE_TTL", default=6.0)
+AXS_NODE_OFFLINE_AFTER = env.float("AXS_NODE_OFFLINE_AFTER", default=20.0)
+# Dispatch: least_inflight | weighted_round_robin | model_affinity | scored, and per-model overrides
+# as "model=policy,model2=policy".
+AXS_DISPATCH_POLICY = env("AXS_DISPATCH_POLICY", default="least_inflight")
+AXS_DISPATCH_POLICY_BY_MODEL = env.dict("AXS_DISPATCH_POLICY_BY_MODEL", default={})
+# A node failing this many requests in a row gets no traffic from any gateway for AXS_EJECT_SECONDS.
+AXS_EJECT_AFTER_FAILURES = env.int("AXS_EJECT_AFTER_FAILURES", default=5)
+AXS_EJECT_SECONDS = env.float("AXS_EJECT_SECONDS", default=30.0)
+# Admission: per model and gateway process, at most this many requests wait for a slot, each at
+# most AXS_ADMISSION_TIMEOUT seconds.
+AXS_ADMISSION_QUEUE = env.int("AXS_ADMISSION_QUEUE", default=64)
+AXS_ADMISSION_TIMEOUT = env.float("AXS_ADMISSION_TIMEOUT", default=30.0)
+# A draining process finishes its in-flight requests for at most this long before exiting.
+AXS_SHUTDOWN_GRACE = env.float("AXS_SHUTDOWN_GRACE", default=30.0)
 # How stale the gateway's in-process routing table may be.
 AXS_ROUTING_REFRESH = env.float("AXS_ROUTING_REFRESH", default=1.0)
 # How long a verified API key stays in the process cache.

@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from fleet import views as fleet
 from fleet.views import health
 from inference import views as inference
 
@@ -13,6 +14,13 @@ urlpatterns = [
     path("v1/detokenize", inference.detokenize, name="detokenize"),
     path("v1/models", inference.models_list, name="models"),
     path("v1/models/<str:model_id>", inference.model_detail, name="model-detail"),
+    path("v1/workers", fleet.WorkerListView.as_view(), name="workers"),
+    path("v1/workers/<int:node_id>", fleet.WorkerDetailView.as_view(), name="worker-detail"),
+    path("v1/workers/<int:node_id>/drain", fleet.WorkerDrainView.as_view(), name="worker-drain"),
+    path("v1/workers/<int:node_id>/undrain", fleet.WorkerUndrainView.as_view(), name="worker-undrain"),
+    path("internal/nodes/register", fleet.NodeRegisterView.as_view(), name="node-register"),
+    path("internal/nodes/<int:node_id>/heartbeat", fleet.NodeHeartbeatView.as_view(), name="node-heartbeat"),
+    path("internal/nodes/<int:node_id>/deregister", fleet.NodeDeregisterView.as_view(), name="node-deregister"),
     path("admin/", admin.site.urls),
     path("", include("django_prometheus.urls")),
 ]

@@ -1,27 +1,45 @@
-"""The gateway's view of the fleet: a routing table refreshed in the background, and node choice."""
+"""The gateway's view of the fleet: a routing table refreshed in the background, and node choice.
+
+Topology comes from Postgres and load/ejections from Redis, so every gateway process sees the
+same fleet; the per-process parts are only this process's own in-flight counts (fresher than
+any heartbeat) and the failure streaks that lead to an ejection (which is then shared).
+"""
 
 import asyncio
-import itertools
 import logging
 import time
+from collections import Counter
+from dataclasses import replace
 
+import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from axserving.errors import NotFound, ServiceUnavailable
 
-from .selectors import ModelView, Route, RoutingTable, build_routing_table
+from . import hot, policies
+from .selectors import ModelView, Route, RoutingTable, build_routing_table, list_routable
 
 logger = logging.getLogger(__name__)
 
 _table: RoutingTable | None = None
 _refreshing: asyncio.Task[RoutingTable] | None = None
-_round_robin = itertools.count()
+_states: dict[str, policies.PolicyState] = {}
+_local_inflight: Counter[str] = Counter()
+_failures: Counter[str] = Counter()
+_ejected_until: dict[str, float] = {}
 
 
 async def _refresh() -> RoutingTable:
     global _table
-    _table = await sync_to_async(build_routing_table, thread_sensitive=False)()
+    models, candidates = await sync_to_async(list_routable, thread_sensitive=False)()
+    names = sorted({c.node for c in candidates})
+    try:
+        telemetry, ejected = await hot.aread(names)
+    except (redis.RedisError, OSError):
+        logger.warning("Routing without Redis telemetry", exc_info=True)
+        telemetry, ejected = {}, set()
+    _table = build_routing_table(models, candidates, telemetry, ejected)
     return _table
 
 
@@ -47,13 +65,57 @@ def resolve_model(table: RoutingTable, name: str) -> ModelView:
     return view
 
 
-def pick_route(view: ModelView, *, exclude: frozenset[str] = frozenset()) -> Route:
-    """Least in-flight ready node for the model, round-robin among equals; 503 when none."""
-    candidates = [route for route in view.routes if route.node not in exclude]
-    if not candidates:
-        raise ServiceUnavailable(
-            f"No node is ready to serve '{view.name}' right now.", code="model_not_ready", headers={"Retry-After": "5"}
-        )
-    least = min(route.inflight for route in candidates)
-    best = [route for route in candidates if route.inflight == least]
-    return best[next(_round_robin) % len(best)]
+def no_node(view: ModelView) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"No node is ready to serve '{view.name}' right now.", code="model_not_ready", headers={"Retry-After": "5"}
+    )
+
+
+def pick_route(view: ModelView, *, exclude: frozenset[str] = frozenset(), affinity_key: str = "") -> Route:
+    """Hard filters (ready, not drained, not ejected, not already tried), then the configured policy; 503 when none."""
+    now = time.monotonic()
+    routes = [
+        replace(r, inflight=max(r.inflight, _local_inflight[r.node])) if _local_inflight[r.node] > r.inflight else r
+        for r in view.routes
+        if r.node not in exclude and _ejected_until.get(r.node, 0.0) <= now
+    ]
+    if not routes:
+        raise no_node(view)
+    policy = policy_for(view.name)
+    state = _states.setdefault(view.name, policies.PolicyState())
+    return policies.choose(policy, routes, state, affinity_key=affinity_key, ttl=settings.AXS_NODE_TTL)
+
+
+def policy_for(model: str) -> str:
+    return str(settings.AXS_DISPATCH_POLICY_BY_MODEL.get(model, settings.AXS_DISPATCH_POLICY))
+
+
+def started(node: str) -> None:
+    _local_inflight[node] += 1
+
+
+def finished(node: str, *, ok: bool) -> None:
+    """Count the request out; the Nth consecutive failure ejects the node from every gateway for a cool-down."""
+    _local_inflight[node] -= 1
+    if ok:
+        _failures.pop(node, None)
+        return
+    _failures[node] += 1
+    if _failures[node] >= settings.AXS_EJECT_AFTER_FAILURES:
+        # The streak is kept: after the cool-down one request probes the node, and a failure ejects it again.
+        seconds = settings.AXS_EJECT_SECONDS
+        _ejected_until[node] = time.monotonic() + seconds
+        logger.warning("Ejecting node %s for %.0fs after %d failures", node, seconds, _failures[node], extra={"node": node})
+        task = asyncio.ensure_future(_share_ejection(node, seconds))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Future[None]] = set()
+
+
+async def _share_ejection(node: str, seconds: float) -> None:
+    try:
+        await hot.aeject(node, seconds=seconds)
+    except (redis.RedisError, OSError):
+        logger.warning("Could not share the ejection of %s", node, extra={"node": node})

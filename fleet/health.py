@@ -6,6 +6,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from axserving.lifecycle import gateway
+
 from . import dispatch
 
 logger = logging.getLogger(__name__)
@@ -36,13 +38,17 @@ async def aget_health() -> dict[str, Any]:
         checks["database"] = "unreachable"
     checks["redis"] = await _redis_ok()
     servable = table.servable if table else []
-    if table is None:
+    if gateway.draining:
+        status = "unavailable"
+    elif table is None:
         status = "unavailable"
     elif servable and checks["redis"] != "unreachable":
         status = "ok"
     else:
         status = "degraded"
     reasons = [f"{name} {state}" for name, state in checks.items() if state == "unreachable"]
+    if gateway.draining:
+        reasons.append("gateway shutting down")
     if table is not None and not servable:
         reasons.append("no model is servable")
     return {"status": status, "models": servable, "checks": checks, "reasons": reasons}

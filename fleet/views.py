@@ -1,10 +1,154 @@
+import hmac
+
 import orjson
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from rest_framework import serializers
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from axserving.errors import AuthenticationFailed, PermissionDenied
 
 from . import health as health_checks
+from . import selectors, services
+from .models import Node
 
 
 async def health(request: HttpRequest) -> HttpResponse:
     report = await health_checks.aget_health()
     status = 503 if report["status"] == "unavailable" else 200
     return HttpResponse(orjson.dumps(report), status=status, content_type="application/json")
+
+
+class AdminScope(BasePermission):
+    """A bearer key with the `admin` scope."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        if request.auth is None:
+            raise AuthenticationFailed()
+        if "admin" not in request.auth.scopes:
+            raise PermissionDenied("This key lacks the 'admin' scope.", code="missing_scope")
+        return True
+
+
+class NodeToken(BasePermission):
+    """The fleet's node token (never an API key): only nodes and gateways call these."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+        token = settings.AXS_NODE_TOKEN
+        if scheme.lower() != "bearer" or not token or not hmac.compare_digest(secret.encode(), token.encode()):
+            raise AuthenticationFailed("The node token is required here.", code="invalid_node_token")
+        return True
+
+
+def actor_of(request: Request) -> str:
+    return f"key:{request.auth.id}" if request.auth is not None else "anonymous"
+
+
+class WorkerOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField(source="pk")
+    name = serializers.CharField()
+    address = serializers.CharField()
+    state = serializers.SerializerMethodField()
+    drain_requested = serializers.BooleanField()
+    models = serializers.SerializerMethodField()
+    inflight = serializers.IntegerField()
+    queue = serializers.IntegerField(source="queued")
+    capacity = serializers.IntegerField(source="slots")
+    last_heartbeat = serializers.DateTimeField()
+    started_at = serializers.DateTimeField()
+    free_memory_bytes = serializers.SerializerMethodField()
+    telemetry = serializers.JSONField()
+
+    def get_state(self, node: Node) -> str:
+        return selectors.node_state(node)
+
+    def get_models(self, node: Node) -> list[dict[str, str]]:
+        return [{"id": d.model.name, "state": d.state, "error": d.error} for d in node.deployments.all()]
+
+    def get_free_memory_bytes(self, node: Node) -> int:
+        return int(node.telemetry.get("free_memory_bytes", 0))
+
+
+class WorkerListView(APIView):
+    permission_classes = [AdminScope]
+
+    def get(self, request: Request) -> Response:
+        nodes = selectors.list_nodes()
+        return Response({"object": "list", "data": WorkerOutputSerializer(nodes, many=True).data})
+
+
+class WorkerDetailView(APIView):
+    permission_classes = [AdminScope]
+
+    def get(self, request: Request, node_id: int) -> Response:
+        return Response(WorkerOutputSerializer(selectors.get_node(node_id=node_id)).data)
+
+    def delete(self, request: Request, node_id: int) -> Response:
+        force = request.query_params.get("force", "").lower() in {"1", "true", "yes"}
+        services.remove_node(node_id=node_id, actor=actor_of(request), force=force)
+        return Response({"id": node_id, "deleted": True})
+
+
+class WorkerDrainView(APIView):
+    permission_classes = [AdminScope]
+
+    def post(self, request: Request, node_id: int) -> Response:
+        services.drain_node(node_id=node_id, actor=actor_of(request))
+        return Response(WorkerOutputSerializer(selectors.get_node(node_id=node_id)).data)
+
+
+class WorkerUndrainView(APIView):
+    permission_classes = [AdminScope]
+
+    def post(self, request: Request, node_id: int) -> Response:
+        services.undrain_node(node_id=node_id, actor=actor_of(request))
+        return Response(WorkerOutputSerializer(selectors.get_node(node_id=node_id)).data)
+
+
+class NodeRegisterView(APIView):
+    authentication_classes: list[type] = []
+    permission_classes = [NodeToken]
+
+    class InputSerializer(serializers.Serializer):
+        name = serializers.RegexField(r"^[A-Za-z0-9._-]{1,100}$")
+        address = serializers.URLField()
+        models = serializers.ListField(child=serializers.CharField(max_length=200), allow_empty=True)
+        slots = serializers.IntegerField(min_value=1, default=1)
+
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        node, models = services.register_node(**data.validated_data)
+        loads = [
+            {"id": m.pk, "name": m.name, "path": m.file.path, "n_ctx": m.n_ctx, "embeddings": m.embeddings} for m in models
+        ]
+        return Response({"id": node.pk, "models": loads}, status=201)
+
+
+class NodeHeartbeatView(APIView):
+    authentication_classes: list[type] = []
+    permission_classes = [NodeToken]
+
+    class InputSerializer(serializers.Serializer):
+        status = serializers.ChoiceField([Node.Status.STARTING, Node.Status.READY, Node.Status.DRAINING])
+        telemetry = serializers.DictField()
+        models = serializers.DictField(child=serializers.DictField(), required=False, default=dict)
+
+    def post(self, request: Request, node_id: int) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        node = services.heartbeat_node(node_id=node_id, **data.validated_data)
+        return Response({"id": node.pk, "drain_requested": node.drain_requested})
+
+
+class NodeDeregisterView(APIView):
+    authentication_classes: list[type] = []
+    permission_classes = [NodeToken]
+
+    def post(self, request: Request, node_id: int) -> Response:
+        services.deregister_node(node_id=node_id)
+        return Response({"id": node_id, "status": Node.Status.OFFLINE})

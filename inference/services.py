@@ -12,9 +12,11 @@ import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 
 from axserving.errors import ServiceUnavailable
+from axserving.lifecycle import gateway
 from fleet import dispatch
+from fleet.selectors import ModelView
 
-from . import client
+from . import admission, client
 
 logger = logging.getLogger(__name__)
 
@@ -48,84 +50,159 @@ def _stream_error(message: str, code: str) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n" + _DONE
 
 
+class Flight:
+    """One admitted request on one node: frees its admission slot and load count exactly once."""
+
+    __slots__ = ("gate", "node", "open")
+
+    def __init__(self, gate: admission.Gate) -> None:
+        self.gate = gate
+        self.node: str | None = None
+        self.open = True
+        gateway.inflight += 1
+
+    def on(self, node: str) -> None:
+        if self.node is not None:
+            dispatch.finished(self.node, ok=False)
+        self.node = node
+        dispatch.started(node)
+
+    def end(self, *, ok: bool) -> None:
+        if not self.open:
+            return
+        self.open = False
+        if self.node is not None:
+            dispatch.finished(self.node, ok=ok)
+            self.node = None
+        self.gate.release()
+        gateway.inflight -= 1
+
+
 async def _relay(
-    response: aiohttp.ClientResponse, request_id: str, outcome: Outcome | None = None, on_complete: OnComplete | None = None
+    response: aiohttp.ClientResponse,
+    request_id: str,
+    outcome: Outcome | None = None,
+    on_complete: OnComplete | None = None,
+    flight: Flight | None = None,
 ) -> AsyncIterator[bytes]:
     """Pass the node's SSE bytes through; end with an error event if the node stops mid-way."""
     tail = b""
+    node_failed = False
     try:
         async for chunk in response.content.iter_any():
             tail = (tail + chunk)[-1024:]  # holds the usage comment and [DONE] at the end
             yield chunk
         if not tail.endswith(_DONE):
+            node_failed = True
             logger.warning("Node stream ended early", extra={"request_id": request_id})
             yield _stream_error("The node ended the stream early.", "node_stream_ended")
     except (aiohttp.ClientError, TimeoutError) as exc:
+        node_failed = True
         logger.warning("Node stream failed: %s", exc, extra={"request_id": request_id})
         yield _stream_error("The node stopped answering mid-stream.", "node_stream_failed")
     finally:
         # close(), not release(): an unfinished stream must drop the connection so the node cancels.
         response.close()
+        if flight is not None:
+            flight.end(ok=not node_failed)  # a client that went away is not the node's fault
         if outcome is not None and on_complete is not None:
             outcome.usage = _usage_in(tail)
             on_complete(outcome)
 
 
-def _plain(response: aiohttp.ClientResponse, body: bytes) -> HttpResponse:
+def _plain(response: aiohttp.ClientResponse, body: bytes, node: str) -> HttpResponse:
     out = HttpResponse(body, status=response.status, content_type=response.headers.get("Content-Type", "application/json"))
     for name in _PASS_HEADERS:
         if name in response.headers:
             out[name] = response.headers[name]
+    out["X-Node"] = node
     return out
+
+
+def _affinity_key(payload: dict[str, Any], key_id: int) -> str:
+    """Who asks and how the conversation starts: requests sharing it share a KV prefix."""
+    if "messages" in payload:
+        head = payload["messages"][0].get("content") or ""
+    else:
+        first = (payload.get("prompt") or payload.get("input") or [""])[0]
+        head = first if isinstance(first, str) else str(first[:64])
+    return f"{key_id}:{head[:256]}"
 
 
 async def aforward(
     *, request: Any, endpoint: str, payload: dict[str, Any], stream: bool, on_complete: OnComplete | None = None
 ) -> HttpResponse:
-    """Pick a ready node for payload['model'], forward, and return the node's answer (retry once before the first byte)."""
+    """Admit, pick a ready node for payload['model'], forward and relay (retry once on another node before the first byte)."""
+    if gateway.draining:
+        raise ServiceUnavailable("This gateway is shutting down.", code="gateway_draining", headers={"Retry-After": "1"})
     table = await dispatch.aget_routing_table()
     view = dispatch.resolve_model(table, str(payload["model"]))
+    if not view.routes:
+        raise dispatch.no_node(view)
+    gate = admission.gate(view.name)
+    await gate.acquire(sum(r.slots for r in view.routes))
+    flight = Flight(gate)
+    try:
+        return await _forward(request, endpoint, payload, stream, on_complete, view, flight)
+    except BaseException:
+        flight.end(ok=False)
+        raise
+
+
+async def _forward(
+    request: Any,
+    endpoint: str,
+    payload: dict[str, Any],
+    stream: bool,
+    on_complete: OnComplete | None,
+    view: ModelView,
+    flight: Flight,
+) -> HttpResponse:
     payload["model"] = view.name
     body = orjson.dumps(payload)
+    affinity = _affinity_key(payload, request.api_key.id) if dispatch.policy_for(view.name) == "model_affinity" else ""
     tried: set[str] = set()
     started = time.perf_counter()
-    last_error: Exception | None = None
+    last_error: str = ""
     for _ in range(_ATTEMPTS):
         try:
-            route = dispatch.pick_route(view, exclude=frozenset(tried))
+            route = dispatch.pick_route(view, exclude=frozenset(tried), affinity_key=affinity)
         except ServiceUnavailable:
-            if last_error is None:
+            if not last_error:
                 raise
             break
         tried.add(route.node)
+        flight.on(route.node)
         try:
             response = await client.post(route.address, f"/internal/v1/{endpoint}", body, request_id=request.request_id)
         except (aiohttp.ClientError, TimeoutError) as exc:
             logger.warning("Node %s unreachable: %s", route.node, exc, extra={"request_id": request.request_id})
-            last_error = exc
+            last_error = f"node {route.node} unreachable"
             continue
-        if response.status >= 500:
+        if response.status >= 500 or (response.status == 429 and len(tried) < _ATTEMPTS):
             await response.read()
             response.release()
-            last_error = RuntimeError(f"node {route.node} answered {response.status}")
+            last_error = f"node {route.node} answered {response.status}"
             continue
         if stream and response.status == 200:
             request.node_seconds = time.perf_counter() - started
             outcome = Outcome(model=view.name, node=route.node, status=200, usage=None)
-            relay = _relay(response, request.request_id, outcome, on_complete)
+            relay = _relay(response, request.request_id, outcome, on_complete, flight)
             out = StreamingHttpResponse(relay, content_type="text/event-stream")
             out["Cache-Control"] = "no-cache"
             out["X-Accel-Buffering"] = "no"
+            out["X-Node"] = route.node
             return out
         try:
             data = await response.read()
         finally:
             response.release()
         request.node_seconds = time.perf_counter() - started
+        flight.end(ok=True)
         if on_complete is not None:
             usage = orjson.loads(data).get("usage") if response.status == 200 else None
             on_complete(Outcome(model=view.name, node=route.node, status=response.status, usage=usage))
-        return _plain(response, data)
+        return _plain(response, data, route.node)
     raise ServiceUnavailable(
         f"No node could serve '{view.name}' ({last_error}).", code="node_unavailable", headers={"Retry-After": "5"}
     )

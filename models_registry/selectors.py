@@ -1,5 +1,6 @@
 from django.db.models import QuerySet
 
+from .errors import ModelNotFound
 from .models import RegisteredModel
 
 
@@ -13,5 +14,5 @@ def get_model(*, name: str) -> RegisteredModel:
     if model is None:
         model = next((m for m in list_models() if name in m.aliases), None)
     if model is None:
-        raise RegisteredModel.DoesNotExist(name)
+        raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
     return model

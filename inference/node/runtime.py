@@ -1,64 +1,82 @@
-"""A node process's life: load models, serve the internal endpoint, register and heartbeat."""
+"""A node process's life: register, load its models, serve the internal endpoint, heartbeat,
+and on stop drain in-flight requests (bounded) and deregister."""
 
 import asyncio
+import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from django.conf import settings
 
-from fleet import services as fleet_services
-from fleet.models import Node
-from models_registry import services as registry_services
-from models_registry.models import Deployment
-
 from .engine import ModelSpec, ModelWorker
-from .server import NodeApp
+from .registrar import ModelToLoad, NodeGone, Registrar
+from .server import NodeApp, error_json
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class LoadableModel:
-    model_id: int
-    spec: ModelSpec
+def free_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (0 where there is none)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 class NodeRuntime:
     """Hosts models and their HTTP endpoint on its own event loop (its own thread when embedded)."""
 
-    def __init__(self, *, name: str, host: str, port: int, token: str, models: list[LoadableModel], advertise: str | None = None):
+    def __init__(
+        self,
+        *,
+        name: str,
+        host: str,
+        port: int,
+        token: str,
+        models: list[str],
+        registrar: Registrar,
+        advertise: str | None = None,
+        n_threads: int | None = None,
+    ):
         self.name = name
         self.host = host
         self.port = port
-        self.address = advertise or f"http://{host}:{port}"
-        self.models = models
-        self.workers = {m.spec.name: ModelWorker(m.spec, queue_depth=settings.AXS_NODE_QUEUE_DEPTH) for m in models}
+        self.advertise = advertise
+        self.model_names = models
+        self.registrar = registrar
+        self.n_threads = n_threads
+        self.workers: dict[str, ModelWorker] = {}
+        self.model_states: dict[str, dict[str, Any]] = {}
         self.app = NodeApp(name=name, token=token, workers=self.workers)
         self.node_id: int | None = None
         self.ready = threading.Event()
         self.failed: BaseException | None = None
+        self._recent: collections.deque[bool] = collections.deque(maxlen=200)  # True = server error
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
 
-    # --- lifecycle -------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return self.advertise or f"http://{self.host}:{self.port}"
+
+    # --- embedding in another process ----------------------------------------------------
 
     def start_in_thread(self) -> None:
-        """Run the node on a background thread; returns once it serves (or failed to)."""
+        """Run the node on a background thread; returns once every model is ready (or raises)."""
         self._thread = threading.Thread(target=self._thread_main, name=f"node-{self.name}", daemon=True)
         self._thread.start()
         self.ready.wait()
         if self.failed:
             raise self.failed
-
-    def stop(self) -> None:
-        if self._loop and self._stop:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread:
-            self._thread.join(timeout=30)
 
     def _thread_main(self) -> None:
         try:
@@ -67,61 +85,129 @@ class NodeRuntime:
             self.failed = exc
             self.ready.set()
 
+    def stop(self) -> None:
+        """Drain and stop from another thread; waits for the node to deregister."""
+        self.request_stop()
+        if self._thread:
+            self._thread.join(timeout=settings.AXS_SHUTDOWN_GRACE + 10)
+
+    def request_stop(self) -> None:
+        if self._loop and self._stop:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    # --- the node's life ------------------------------------------------------------------
+
+    @web.middleware
+    async def _gatekeeper(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Refuse new work while draining (the gateway retries elsewhere); count server errors."""
+        if request.path.startswith("/internal/v1/") and self.app.draining:
+            return error_json(503, "This node is draining.", type_="service_unavailable", code="node_draining")
+        response = await handler(request)
+        if request.path.startswith("/internal/v1/"):
+            self._recent.append(response.status >= 500)
+        return response
+
+    def telemetry(self) -> dict[str, Any]:
+        stats = self.app.stats()
+        recent = list(self._recent)
+        return {
+            "at": time.time(),
+            "inflight": stats["inflight"],
+            "queued": stats["queued"],
+            "slots": stats.get("slots") or max(len(self.workers), 1),
+            "free_memory_bytes": free_memory_bytes(),
+            "tokens_per_s": stats.get("tokens_per_s", 0.0),
+            "ttft_p95_ms": stats.get("ttft_p95_ms", 0.0),
+            "error_rate": (sum(recent) / len(recent)) if recent else 0.0,
+            "requests": len(recent),
+        }
+
     async def serve(self) -> None:
-        """Register, load every model, serve and heartbeat until stopped; deregister on the way out."""
+        """Register, load every model, serve and heartbeat until stopped; then drain and deregister."""
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        runner = web.AppRunner(self.app.build(), handler_cancellation=True, access_log=None)
+        app = self.app.build()
+        app.middlewares.append(self._gatekeeper)
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, self.host, self.port).start()
-        node = await asyncio.to_thread(fleet_services.register_node, name=self.name, address=self.address)
-        self.node_id = node.pk
+        site = web.TCPSite(runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        beats: asyncio.Task[None] | None = None
         try:
-            for model in self.models:
+            to_load = await self._register()
+            beats = asyncio.create_task(self._heartbeats())
+            for model in to_load:
                 await self._load(model)
-            await asyncio.to_thread(self._beat)
+            if any(s["state"] == "failed" for s in self.model_states.values()) and not self.workers_ready():
+                raise RuntimeError(f"no model could be loaded: {self.model_states}")
+            await self._beat()
             self.ready.set()
-            while not self._stop.is_set():
-                try:
-                    await asyncio.wait_for(self._stop.wait(), timeout=settings.AXS_HEARTBEAT_INTERVAL)
-                except TimeoutError:
-                    await asyncio.to_thread(self._beat)
+            await self._stop.wait()
+            await self._drain()
         finally:
-            self.app.draining = True
-            await asyncio.to_thread(fleet_services.deregister_node, node_id=node.pk)
+            if beats:
+                beats.cancel()
+            if self.node_id is not None:
+                try:
+                    await self.registrar.deregister(node_id=self.node_id)
+                except Exception:
+                    logger.warning("Deregistering %s failed", self.name, exc_info=True)
             await runner.cleanup()
             for worker in self.workers.values():
                 await asyncio.to_thread(worker.stop)
 
-    async def _load(self, model: LoadableModel) -> None:
-        assert self.node_id is not None
-        await asyncio.to_thread(
-            registry_services.set_deployment_state, model_id=model.model_id, node_id=self.node_id, state=Deployment.State.LOADING
+    def workers_ready(self) -> bool:
+        return any(w.ready for w in self.workers.values())
+
+    async def _register(self) -> list[ModelToLoad]:
+        slots = max(len(self.model_names), 1)
+        self.node_id, to_load = await self.registrar.register(
+            name=self.name, address=self.address, models=self.model_names, slots=slots
         )
+        return to_load
+
+    async def _load(self, model: ModelToLoad) -> None:
+        spec = ModelSpec(name=model.name, path=model.path, n_ctx=model.n_ctx, embeddings=model.embeddings, n_threads=self.n_threads)
+        worker = ModelWorker(spec, queue_depth=settings.AXS_NODE_QUEUE_DEPTH)
+        self.model_states[model.name] = {"state": "loading", "error": ""}
         started = time.monotonic()
         try:
-            await asyncio.to_thread(self.workers[model.spec.name].load)
+            await asyncio.to_thread(worker.load)
         except Exception as exc:
-            logger.exception("Loading %s failed", model.spec.name)
-            await asyncio.to_thread(
-                registry_services.set_deployment_state,
-                model_id=model.model_id,
-                node_id=self.node_id,
-                state=Deployment.State.FAILED,
-                error=str(exc),
-            )
-            raise
-        await asyncio.to_thread(
-            registry_services.set_deployment_state,
-            model_id=model.model_id,
-            node_id=self.node_id,
-            state=Deployment.State.READY,
-            progress=100,
-        )
-        logger.info("Loaded %s on %s in %.1fs", model.spec.name, self.name, time.monotonic() - started)
+            logger.exception("Loading %s failed", model.name, extra={"model": model.name})
+            self.model_states[model.name] = {"state": "failed", "error": str(exc)[:500]}
+            return
+        self.workers[model.name] = worker
+        self.model_states[model.name] = {"state": "ready", "error": ""}
+        logger.info("Loaded %s on %s in %.1fs", model.name, self.name, time.monotonic() - started, extra={"model": model.name})
 
-    def _beat(self) -> None:
+    async def _beat(self) -> None:
         assert self.node_id is not None
-        stats = self.app.stats()
-        status = Node.Status.DRAINING if self.app.draining else Node.Status.READY
-        fleet_services.heartbeat_node(node_id=self.node_id, status=status, inflight=stats["inflight"], queued=stats["queued"])
+        status = "draining" if self.app.draining else ("ready" if self.workers_ready() else "starting")
+        try:
+            await self.registrar.heartbeat(node_id=self.node_id, status=status, telemetry=self.telemetry(), models=self.model_states)
+        except NodeGone:
+            logger.warning("The fleet forgot node %s; registering again", self.name)
+            await self._register()
+            await self.registrar.heartbeat(node_id=self.node_id, status=status, telemetry=self.telemetry(), models=self.model_states)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(settings.AXS_HEARTBEAT_INTERVAL)
+            try:
+                await self._beat()
+            except Exception:
+                logger.warning("Heartbeat from %s failed", self.name, exc_info=True)
+
+    async def _drain(self) -> None:
+        """Stop admitting, tell the fleet, and let in-flight requests finish (bounded)."""
+        self.app.draining = True
+        try:
+            await self._beat()
+        except Exception:
+            logger.warning("Could not report draining", exc_info=True)
+        deadline = time.monotonic() + settings.AXS_SHUTDOWN_GRACE
+        while self.app.stats()["inflight"] + self.app.stats()["queued"] > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)

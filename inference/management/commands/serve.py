@@ -3,10 +3,7 @@
 import logging
 import os
 import secrets
-import socket
-import sys
 import time
-from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
@@ -14,17 +11,12 @@ from django.core.management.base import BaseCommand, CommandParser
 from axserving import bootstrap
 from axserving.access.models import ApiKey
 from axserving.access.services import create_api_key
-from inference.node.engine import ModelSpec
-from inference.node.runtime import LoadableModel, NodeRuntime
+from inference.gateway import run_gateway
+from inference.node.registrar import DirectRegistrar
+from inference.node.runtime import NodeRuntime
 from models_registry.services import register_bundled_model
 
 logger = logging.getLogger(__name__)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class Command(BaseCommand):
@@ -60,24 +52,14 @@ class Command(BaseCommand):
 
         if not settings.AXS_NODE_TOKEN:
             settings.AXS_NODE_TOKEN = secrets.token_urlsafe(32)  # embedded node: a fresh shared secret per run
-        node_port = int(options["node_port"]) or _free_port("127.0.0.1")  # type: ignore[call-overload]
         runtime = NodeRuntime(
             name=str(options["node_name"]),
             host="127.0.0.1",
-            port=node_port,
+            port=int(options["node_port"]),  # type: ignore[call-overload]
             token=settings.AXS_NODE_TOKEN,
-            models=[
-                LoadableModel(
-                    model_id=model.pk,
-                    spec=ModelSpec(
-                        name=model.name,
-                        path=Path(model.file.path),
-                        n_ctx=model.n_ctx,
-                        embeddings=model.embeddings,
-                        n_threads=settings.AXS_N_THREADS or None,
-                    ),
-                )
-            ],
+            models=[model.name],
+            registrar=DirectRegistrar(),
+            n_threads=settings.AXS_N_THREADS or None,
         )
         t = self.step(f"Loading {model.name} into the local node ({model.file.size_bytes / 1e6:.0f} MB) and warming it up")
         runtime.start_in_thread()
@@ -92,21 +74,7 @@ class Command(BaseCommand):
         )
         self.stdout.flush()
         try:
-            self._run_gateway(host, port)
+            run_gateway(host=host, port=port)
         finally:
             self.stdout.write("Stopping the local node…")
             runtime.stop()
-
-    def _run_gateway(self, host: str, port: int) -> None:
-        from daphne.endpoints import build_endpoint_description_strings
-        from daphne.server import Server
-
-        from axserving.asgi import application
-
-        Server(
-            application=application,
-            endpoints=build_endpoint_description_strings(host=host, port=port),
-            verbosity=0,
-            application_close_timeout=10,
-        ).run()
-        sys.stdout.flush()

@@ -1,0 +1,53 @@
+"""Run the gateway (Daphne) with a graceful stop: fail readiness, finish in-flight, exit."""
+
+import logging
+import signal
+import time
+from typing import Any
+
+from django.conf import settings
+
+from axserving.lifecycle import gateway
+
+logger = logging.getLogger(__name__)
+
+
+def run_gateway(*, host: str, port: int) -> None:
+    """Serve axserving.asgi on host:port until SIGINT/SIGTERM, then drain (bounded) and return."""
+    from daphne.endpoints import build_endpoint_description_strings
+    from daphne.server import Server
+    from twisted.internet import reactor
+
+    from axserving.asgi import application
+
+    server = Server(
+        application=application,
+        endpoints=build_endpoint_description_strings(host=host, port=port),
+        signal_handlers=False,
+        verbosity=0,
+        application_close_timeout=10,
+    )
+    deadline: list[float] = []
+
+    def wait_for_inflight() -> None:
+        if gateway.inflight <= 0 or time.monotonic() > deadline[0]:
+            logger.info("Gateway stopping (%d request(s) still in flight)", max(gateway.inflight, 0))
+            reactor.stop()  # type: ignore[attr-defined]
+            return
+        reactor.callLater(0.1, wait_for_inflight)  # type: ignore[attr-defined]
+
+    def begin_drain() -> None:
+        if deadline:  # a second signal: stop now
+            reactor.stop()  # type: ignore[attr-defined]
+            return
+        gateway.draining = True
+        deadline.append(time.monotonic() + settings.AXS_SHUTDOWN_GRACE)
+        logger.info("Gateway draining: %d request(s) in flight", gateway.inflight)
+        wait_for_inflight()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        reactor.callFromThread(begin_drain)  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    server.run()

@@ -1,0 +1,5 @@
+from axserving.errors import NotFound
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
