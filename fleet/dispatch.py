@@ -23,7 +23,8 @@ from .selectors import ModelView, Route, RoutingTable, build_routing_table, list
 logger = logging.getLogger(__name__)
 
 _table: RoutingTable | None = None
-_refreshing: asyncio.Task[RoutingTable] | None = None
+_refreshing: asyncio.Future[RoutingTable] | None = None
+_keeper: asyncio.Task[None] | None = None
 _states: dict[str, policies.PolicyState] = {}
 _local_inflight: Counter[str] = Counter()
 _failures: Counter[str] = Counter()
@@ -43,18 +44,44 @@ async def _refresh() -> RoutingTable:
     return _table
 
 
-async def aget_routing_table(*, max_age: float | None = None) -> RoutingTable:
-    """The cached table; a stale one is served while one refresh runs (at most one query a period)."""
-    global _refreshing
-    max_age = settings.AXS_ROUTING_REFRESH if max_age is None else max_age
+async def _keep_fresh() -> None:
+    """Rebuild the table every AXS_ROUTING_REFRESH seconds, so even an idle gateway routes on fresh data."""
+    while True:
+        await asyncio.sleep(settings.AXS_ROUTING_REFRESH)
+        try:
+            await _refresh()
+        except Exception:
+            logger.warning("Routing table refresh failed; keeping the last one", exc_info=True)
+
+
+async def aget_routing_table(*, max_age: float | None = None, wait: bool = False) -> RoutingTable:
+    """The cached table, kept fresh in the background; `wait` (or no table yet) awaits a rebuild."""
+    global _refreshing, _keeper
+    loop = asyncio.get_running_loop()
+    if _keeper is None or _keeper.done() or _keeper.get_loop() is not loop:
+        _keeper = loop.create_task(_keep_fresh())
+    max_age = settings.AXS_ROUTING_REFRESH * 2 if max_age is None else max_age
     table = _table
     if table is not None and time.monotonic() - table.built_at < max_age:
         return table
-    if _refreshing is None or _refreshing.done() or _refreshing.get_loop() is not asyncio.get_running_loop():
+    if _refreshing is None or _refreshing.done() or _refreshing.get_loop() is not loop:
         _refreshing = asyncio.ensure_future(_refresh())
-    if table is None or max_age == 0:
+    if table is None or wait:
         return await asyncio.shield(_refreshing)
     return table
+
+
+# A request for a model the cached table cannot serve waits for a table at most this old, so a
+# node that just became ready is used at once while misses cost at most a few queries a second.
+MISS_MAX_AGE = 0.25
+
+
+async def aget_model_view(name: str) -> ModelView:
+    """The model's routes, re-reading the registry when the cached table cannot serve it."""
+    view = (await aget_routing_table()).find(name)
+    if view is None or not view.routes:
+        view = resolve_model(await aget_routing_table(max_age=MISS_MAX_AGE, wait=True), name)
+    return view
 
 
 def resolve_model(table: RoutingTable, name: str) -> ModelView:

@@ -135,8 +135,7 @@ async def aforward(
     """Admit, pick a ready node for payload['model'], forward and relay (retry once on another node before the first byte)."""
     if gateway.draining:
         raise ServiceUnavailable("This gateway is shutting down.", code="gateway_draining", headers={"Retry-After": "1"})
-    table = await dispatch.aget_routing_table()
-    view = dispatch.resolve_model(table, str(payload["model"]))
+    view = await dispatch.aget_model_view(str(payload["model"]))
     if not view.routes:
         raise dispatch.no_node(view)
     gate = admission.gate(view.name)
