@@ -109,7 +109,13 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CELERY_BROKER_URL = "memory://"
 CELERY_TASK_ACKS_LATE = True
-CELERY_BEAT_SCHEDULE = {"sweep-nodes": {"task": "fleet.tasks.sweep_nodes", "schedule": 10.0}}
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_BEAT_SCHEDULE = {
+    "sweep-nodes": {"task": "fleet.tasks.sweep_nodes", "schedule": env.float("AXS_SWEEP_INTERVAL", default=10.0)},
+    "evict-idle-models": {"task": "models_registry.tasks.evict_idle_models", "schedule": env.float("AXS_EVICT_INTERVAL", default=30.0)},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_SERIALIZER = "json"
 
 REST_FRAMEWORK = {
@@ -152,6 +158,11 @@ AXS_STREAM_IDLE_TIMEOUT = env.float("AXS_STREAM_IDLE_TIMEOUT", default=120.0)
 AXS_DEFAULT_N_CTX = env.int("AXS_DEFAULT_N_CTX", default=2048)
 AXS_NODE_QUEUE_DEPTH = env.int("AXS_NODE_QUEUE_DEPTH", default=64)
 AXS_N_THREADS = env.int("AXS_N_THREADS", default=0)
+# Where model files may be registered from (the bundled model's directory is always allowed).
+AXS_MODEL_DIRS = env.list("AXS_MODEL_DIRS", default=[str(BASE_DIR / "var" / "models")])
+# A node's own limits for placement: 0 = none (free memory still applies).
+AXS_NODE_MAX_MODELS = env.int("AXS_NODE_MAX_MODELS", default=0)
+AXS_NODE_MEMORY_BUDGET = env.int("AXS_NODE_MEMORY_BUDGET", default=0)
 
 LOGGING = {
     "version": 1,

@@ -1,9 +1,29 @@
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.urls import include, path
 
 from fleet import views as fleet
 from fleet.views import health
 from inference import views as inference
+from models_registry import views as lifecycle
+
+
+def by_method(default: Callable[..., Any], **handlers: Callable[..., Any]) -> Callable[..., Any]:
+    """One path, a view per HTTP method (the OpenAI async views and the DRF control views share paths)."""
+
+    async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        handler = handlers.get(request.method or "", default)
+        if iscoroutinefunction(handler):
+            return await handler(request, *args, **kwargs)
+        return await sync_to_async(handler)(request, *args, **kwargs)
+
+    return csrf_exempt(view)
+
 
 urlpatterns = [
     path("health", health, name="health"),
@@ -12,8 +32,15 @@ urlpatterns = [
     path("v1/embeddings", inference.embeddings, name="embeddings"),
     path("v1/tokenize", inference.tokenize, name="tokenize"),
     path("v1/detokenize", inference.detokenize, name="detokenize"),
-    path("v1/models", inference.models_list, name="models"),
-    path("v1/models/<str:model_id>", inference.model_detail, name="model-detail"),
+    path("v1/models", by_method(inference.models_list, POST=lifecycle.ModelCreateView.as_view()), name="models"),
+    path(
+        "v1/models/<str:model_id>",
+        by_method(inference.model_detail, DELETE=lifecycle.ModelDeleteView.as_view()),
+        name="model-detail",
+    ),
+    path("v1/models/<str:model_id>/reload", lifecycle.ModelReloadView.as_view(), name="model-reload"),
+    path("v1/deployments", lifecycle.DeploymentListView.as_view(), name="deployments"),
+    path("v1/deployments/<int:deployment_id>", lifecycle.DeploymentDetailView.as_view(), name="deployment-detail"),
     path("v1/workers", fleet.WorkerListView.as_view(), name="workers"),
     path("v1/workers/<int:node_id>", fleet.WorkerDetailView.as_view(), name="worker-detail"),
     path("v1/workers/<int:node_id>/drain", fleet.WorkerDrainView.as_view(), name="worker-drain"),

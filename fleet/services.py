@@ -1,4 +1,5 @@
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.conf import settings
@@ -25,32 +26,38 @@ def _node_for_update(node_id: int) -> Node:
 def register_node(
     *, name: str, address: str, models: list[str] | None = None, slots: int = 1, actor: str | None = None
 ) -> tuple[Node, list[RegisteredModel]]:
-    """Create or refresh the node as STARTING with LOADING deployments of `models` (DB, audit)."""
-    wanted = [registry_selectors.get_model(name=m) for m in models or []]
+    """Create or refresh the node as STARTING; the models it asked for plus those wanted on it become LOADING (DB, audit)."""
+    wanted = {m.pk: m for m in (registry_selectors.get_model(name=n) for n in models or [])}
     now = timezone.now()
     node, created = Node.objects.select_for_update().update_or_create(
         name=name,
         defaults={"address": address, "status": Node.Status.STARTING, "started_at": now, "last_heartbeat": now, "slots": slots},
     )
-    Deployment.objects.filter(node=node).exclude(model__in=wanted).update(state=Deployment.State.UNLOADED, updated_at=now)
-    for model in wanted:
+    for deployment in Deployment.objects.filter(node=node, desired=Deployment.Desired.LOADED).select_related("model__file"):
+        wanted.setdefault(deployment.model_id, deployment.model)  # a restarted node brings back what it held
+    Deployment.objects.filter(node=node).exclude(model__in=list(wanted)).update(state=Deployment.State.UNLOADED, updated_at=now)
+    for model in wanted.values():
         Deployment.objects.update_or_create(
-            model=model, node=node, defaults={"state": Deployment.State.LOADING, "progress": 0, "error": "", "updated_at": now}
+            model=model,
+            node=node,
+            defaults={
+                "desired": Deployment.Desired.LOADED, "state": Deployment.State.LOADING, "progress": 0, "error": "", "updated_at": now,
+            },
         )
     record_event(
         actor=actor or f"node:{name}",
         action="node.registered",
         target=f"node:{node.pk}",
-        data={"address": address, "models": [m.name for m in wanted], "new": created},
+        data={"address": address, "models": sorted(m.name for m in wanted.values()), "new": created},
     )
-    return node, wanted
+    return node, list(wanted.values())
 
 
 @transaction.atomic
 def heartbeat_node(
     *, node_id: int, status: str, telemetry: dict[str, Any], models: dict[str, dict[str, Any]] | None = None
 ) -> Node:
-    """Record liveness, load and model readiness (DB; telemetry mirrored to Redis)."""
+    """Record liveness, load, start-up load outcomes and last use (DB; telemetry mirrored to Redis)."""
     node = _node_for_update(node_id)
     node.status = status
     node.last_heartbeat = timezone.now()
@@ -59,13 +66,25 @@ def heartbeat_node(
     node.slots = int(telemetry.get("slots", node.slots))
     node.telemetry = telemetry
     node.save(update_fields=["status", "last_heartbeat", "inflight", "queued", "slots", "telemetry"])
-    for deployment in Deployment.objects.filter(node=node, model__name__in=list(models or {})).select_related("model"):
-        report = (models or {})[deployment.model.name]
-        state, error = report.get("state", deployment.state), report.get("error", "")
-        if (state, error) != (deployment.state, deployment.error):
-            deployment.state, deployment.error, deployment.updated_at = state, error, node.last_heartbeat
-            deployment.progress = 100 if state == Deployment.State.READY else deployment.progress
-            deployment.save(update_fields=["state", "error", "updated_at", "progress"])
+    reports = models or {}
+    for deployment in Deployment.objects.filter(node=node, model__name__in=list(reports)).select_related("model"):
+        report = reports[deployment.model.name]
+        fields: list[str] = []
+        # Loads the node did at start-up finish here; lifecycle tasks record their own outcome.
+        if deployment.state == Deployment.State.LOADING and report.get("state") in (Deployment.State.READY, Deployment.State.FAILED):
+            deployment.state, deployment.error = report["state"], str(report.get("error", ""))
+            deployment.progress = 100 if deployment.state == Deployment.State.READY else deployment.progress
+            deployment.ready_at = node.last_heartbeat if deployment.state == Deployment.State.READY else deployment.ready_at
+            fields += ["state", "error", "progress", "ready_at", "updated_at"]
+        last_used = report.get("last_used")
+        if last_used:
+            used_at = datetime.fromtimestamp(float(last_used), tz=dt_timezone.utc)
+            if deployment.last_used_at is None or used_at > deployment.last_used_at:
+                deployment.last_used_at = used_at
+                fields.append("last_used_at")
+        if fields:
+            deployment.updated_at = node.last_heartbeat
+            deployment.save(update_fields=list(dict.fromkeys(fields + ["updated_at"])))
     transaction.on_commit(lambda: hot.put_telemetry(node.name, telemetry, ttl=settings.AXS_NODE_OFFLINE_AFTER))
     return node
 

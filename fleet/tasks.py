@@ -5,5 +5,8 @@ from . import services
 
 @shared_task
 def sweep_nodes() -> int:
-    """Mark nodes whose heartbeats stopped offline (DB, audit)."""
+    """Mark nodes whose heartbeats stopped offline and fail their unfinished deployments (DB, audit)."""
+    from models_registry.services import fail_orphaned_deployments
+
+    fail_orphaned_deployments()
     return services.sweep_nodes()

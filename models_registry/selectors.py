@@ -16,3 +16,18 @@ def get_model(*, name: str) -> RegisteredModel:
     if model is None:
         raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
     return model
+
+
+def list_deployments():  # type: ignore[no-untyped-def]
+    from .models import Deployment
+
+    return Deployment.objects.select_related("model", "node").order_by("-updated_at")
+
+
+def get_deployment(*, deployment_id: int):  # type: ignore[no-untyped-def]
+    from .errors import DeploymentNotFound
+
+    deployment = list_deployments().filter(pk=deployment_id).first()
+    if deployment is None:
+        raise DeploymentNotFound(param="id")
+    return deployment

@@ -249,6 +249,7 @@ class ModelWorker:
         self.embedder: Llama | None = None
         self.ready = False
         self.inflight = 0
+        self.last_used = 0.0  # epoch seconds of the last request, for idle eviction
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_depth)
         self._thread = threading.Thread(target=self._run, name=f"engine-{spec.name}", daemon=True)
 
@@ -279,6 +280,7 @@ class ModelWorker:
         logger.info("Model %s ready in %.1fs", self.spec.name, time.monotonic() - started, extra={"model": self.spec.name})
 
     def submit(self, job: Job) -> None:
+        self.last_used = time.time()
         try:
             self._queue.put_nowait(job)
         except queue.Full:

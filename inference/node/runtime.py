@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from django.conf import settings
 
+from . import lifecycle
 from .engine import ModelSpec, ModelWorker
 from .registrar import ModelToLoad, NodeGone, Registrar
 from .server import NodeApp, error_json
@@ -45,6 +46,8 @@ class NodeRuntime:
         registrar: Registrar,
         advertise: str | None = None,
         n_threads: int | None = None,
+        lifecycle_queues: list[str] | None = None,
+        embedded_beat: bool = False,
     ):
         self.name = name
         self.host = host
@@ -63,6 +66,11 @@ class NodeRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+        # Celery queues this process consumes: its own `node.<name>` for model loads, plus the
+        # default queue (and beat) when it is the all-in-one's embedded node.
+        self.lifecycle_queues = lifecycle_queues if lifecycle_queues is not None else [f"node.{name}"]
+        self.embedded_beat = embedded_beat
+        self._celery: Any = None
 
     @property
     def address(self) -> str:
@@ -120,6 +128,8 @@ class NodeRuntime:
             "ttft_p95_ms": stats.get("ttft_p95_ms", 0.0),
             "error_rate": (sum(recent) / len(recent)) if recent else 0.0,
             "requests": len(recent),
+            "max_models": settings.AXS_NODE_MAX_MODELS,
+            "memory_budget_bytes": settings.AXS_NODE_MEMORY_BUDGET,
         }
 
     async def serve(self) -> None:
@@ -143,10 +153,15 @@ class NodeRuntime:
             if any(s["state"] == "failed" for s in self.model_states.values()) and not self.workers_ready():
                 raise RuntimeError(f"no model could be loaded: {self.model_states}")
             await self._beat()
+            if self.lifecycle_queues:
+                self._start_lifecycle_worker()
             self.ready.set()
             await self._stop.wait()
             await self._drain()
         finally:
+            lifecycle.set_runtime(None)
+            if self._celery is not None:
+                self._celery.stop(in_sighandler=False)
             if beats:
                 beats.cancel()
             if self.node_id is not None:
@@ -158,8 +173,74 @@ class NodeRuntime:
             for worker in self.workers.values():
                 await asyncio.to_thread(worker.stop)
 
+    # --- lifecycle, called from the node's Celery worker thread -------------------------------
+
+    def load_model(self, spec: ModelSpec) -> None:
+        """Load `spec` into this process unless it already serves it."""
+        if spec.name in self.workers and self.workers[spec.name].ready:
+            return
+        self.model_states[spec.name] = {"state": "loading", "error": ""}
+        worker = ModelWorker(spec, queue_depth=settings.AXS_NODE_QUEUE_DEPTH)
+        try:
+            worker.load()
+        except Exception as exc:
+            self.model_states[spec.name] = {"state": "failed", "error": str(exc)[:500]}
+            raise
+        self.workers[spec.name] = worker
+        self.model_states[spec.name] = {"state": "ready", "error": ""}
+
+    def unload_model(self, name: str) -> None:
+        """Let the model's in-flight and queued requests finish (bounded), then free it."""
+        worker = self.workers.get(name)
+        if worker is not None:
+            self._retire(worker)
+            self.workers.pop(name, None)
+        self.model_states.pop(name, None)
+
+    def reload_model(self, spec: ModelSpec) -> None:
+        """Load a fresh instance while the old one serves, swap them, then retire the old one."""
+        fresh = ModelWorker(spec, queue_depth=settings.AXS_NODE_QUEUE_DEPTH)
+        fresh.load()
+        old = self.workers.get(spec.name)
+        self.workers[spec.name] = fresh  # one dict store: each request sees the old or the new instance
+        self.model_states[spec.name] = {"state": "ready", "error": ""}
+        if old is not None:
+            self._retire(old)
+
+    def _retire(self, worker: ModelWorker) -> None:
+        deadline = time.monotonic() + settings.AXS_SHUTDOWN_GRACE
+        while worker.inflight + worker.queued > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker.stop()
+
     def workers_ready(self) -> bool:
         return any(w.ready for w in self.workers.values())
+
+    def _start_lifecycle_worker(self) -> None:
+        """Consume this node's Celery queue on a thread, so loads land in this process."""
+        lifecycle.set_runtime(self)
+        threading.Thread(target=self._run_lifecycle_worker, name=f"celery-{self.name}", daemon=True).start()
+
+    def _run_lifecycle_worker(self) -> None:
+        # Built on its own thread: Celery's Django fixup closes DB connections as the worker
+        # starts, which Django refuses to do from an event loop thread.
+        from celery.beat import EmbeddedService
+
+        from axserving.celery import app
+
+        self._celery = app.WorkController(
+            hostname=f"node.{self.name}@axserving",
+            queues=self.lifecycle_queues,
+            pool_cls="solo",
+            concurrency=1,
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            loglevel="WARNING",
+        )
+        if self.embedded_beat:
+            EmbeddedService(app, thread=True).start()
+        self._celery.start()
 
     async def _register(self) -> list[ModelToLoad]:
         slots = max(len(self.model_names), 1)
@@ -169,29 +250,32 @@ class NodeRuntime:
         return to_load
 
     async def _load(self, model: ModelToLoad) -> None:
+        """A start-up load; its outcome reaches the fleet with the next heartbeat."""
         spec = ModelSpec(name=model.name, path=model.path, n_ctx=model.n_ctx, embeddings=model.embeddings, n_threads=self.n_threads)
-        worker = ModelWorker(spec, queue_depth=settings.AXS_NODE_QUEUE_DEPTH)
-        self.model_states[model.name] = {"state": "loading", "error": ""}
         started = time.monotonic()
         try:
-            await asyncio.to_thread(worker.load)
-        except Exception as exc:
+            await asyncio.to_thread(self.load_model, spec)
+        except Exception:
             logger.exception("Loading %s failed", model.name, extra={"model": model.name})
-            self.model_states[model.name] = {"state": "failed", "error": str(exc)[:500]}
             return
-        self.workers[model.name] = worker
-        self.model_states[model.name] = {"state": "ready", "error": ""}
         logger.info("Loaded %s on %s in %.1fs", model.name, self.name, time.monotonic() - started, extra={"model": model.name})
 
     async def _beat(self) -> None:
         assert self.node_id is not None
         status = "draining" if self.app.draining else ("ready" if self.workers_ready() else "starting")
         try:
-            await self.registrar.heartbeat(node_id=self.node_id, status=status, telemetry=self.telemetry(), models=self.model_states)
+            await self.registrar.heartbeat(node_id=self.node_id, status=status, telemetry=self.telemetry(), models=self._models_report())
         except NodeGone:
             logger.warning("The fleet forgot node %s; registering again", self.name)
             await self._register()
-            await self.registrar.heartbeat(node_id=self.node_id, status=status, telemetry=self.telemetry(), models=self.model_states)
+            await self.registrar.heartbeat(node_id=self.node_id, status=status, telemetry=self.telemetry(), models=self._models_report())
+
+    def _models_report(self) -> dict[str, dict[str, Any]]:
+        report = {name: dict(state) for name, state in self.model_states.items()}
+        for name, worker in list(self.workers.items()):
+            if name in report and getattr(worker, "last_used", 0):
+                report[name]["last_used"] = worker.last_used
+        return report
 
     async def _heartbeats(self) -> None:
         while True:

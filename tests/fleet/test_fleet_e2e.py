@@ -108,6 +108,8 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet():
     f = Fleet()
+    for old_log in ARTIFACTS.glob("fleet-*.log"):
+        old_log.unlink()
     try:
         f.manage("bootstrap")
         f.key = f.manage("keys", "create", "fleet-ops", "--scope", "inference", "--scope", "admin").strip()
@@ -258,7 +260,7 @@ def test_sigkill_mid_stream_ends_that_stream_with_an_error_and_spares_the_others
     for t in streams:
         t.start()
     fleet.wait_until(lambda: len(results.get("first_bytes", {})) == 3, 60, "streams to start")
-    time.sleep(1.0)  # a heartbeat reports the load
+    fleet.wait_until(lambda: any(w["inflight"] for w in fleet.workers().values()), 5, "a heartbeat to report the load")
     victim = next(n for n, w in fleet.workers().items() if w["inflight"] > 0)
 
     killed_at = time.monotonic()
@@ -308,6 +310,7 @@ def test_sigterm_on_a_node_finishes_in_flight_then_deregisters(fleet):
     stream = threading.Thread(target=_stream, args=(fleet, "gw-b", results, "t0"), kwargs={"max_tokens": 80, "logit_bias": NO_EOS})
     stream.start()
     fleet.wait_until(lambda: len(results.get("first_bytes", {})) == 1, 60, "stream to start")
+    fleet.wait_until(lambda: any(w["inflight"] for w in fleet.workers().values()), 5, "a heartbeat to report the load")
     busy = [n for n, w in fleet.workers().items() if w["inflight"] > 0]
 
     fleet.kill(busy[0], signal.SIGTERM)

@@ -60,6 +60,9 @@ class Command(BaseCommand):
             models=[model.name],
             registrar=DirectRegistrar(),
             n_threads=settings.AXS_N_THREADS or None,
+            # The all-in-one is its own control plane: it also runs the default queue and beat.
+            lifecycle_queues=[f"node.{options['node_name']}", "celery"],
+            embedded_beat=True,
         )
         t = self.step(f"Loading {model.name} into the local node ({model.file.size_bytes / 1e6:.0f} MB) and warming it up")
         runtime.start_in_thread()

@@ -1,0 +1,94 @@
+"""Model lifecycle REST (admin scope): register/deploy, unload, reload, deployments."""
+
+from django.urls import reverse
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from fleet.views import AdminScope, actor_of
+
+from . import selectors, services
+from .models import Deployment
+
+
+class DeploymentOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField(source="pk")
+    model = serializers.CharField(source="model.name")
+    node = serializers.CharField(source="node.name")
+    desired = serializers.CharField()
+    state = serializers.CharField()
+    progress = serializers.IntegerField()
+    error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    ready_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField()
+    url = serializers.SerializerMethodField()
+
+    def get_url(self, deployment: Deployment) -> str:
+        return reverse("deployment-detail", args=[deployment.pk])
+
+
+class ModelCreateView(APIView):
+    """POST /v1/models: register a GGUF file and/or deploy a model on a node."""
+
+    permission_classes = [AdminScope]
+
+    class InputSerializer(serializers.Serializer):
+        id = serializers.SlugField(max_length=100)
+        path = serializers.CharField(required=False, max_length=1024)
+        node = serializers.CharField(required=False, max_length=100)
+        deploy = serializers.BooleanField(required=False, default=True)
+        n_ctx = serializers.IntegerField(required=False, min_value=128, max_value=1 << 20)
+        n_gpu_layers = serializers.IntegerField(required=False, min_value=-1)
+        parallel = serializers.IntegerField(required=False, min_value=1, max_value=256)
+        embeddings = serializers.BooleanField(required=False)
+        pinned = serializers.BooleanField(required=False)
+        idle_ttl_seconds = serializers.IntegerField(required=False, min_value=1)
+
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = dict(data.validated_data)
+        settings_fields = {k: v[k] for k in ("n_ctx", "n_gpu_layers", "parallel", "embeddings", "pinned", "idle_ttl_seconds") if k in v}
+        if "path" in v:
+            services.register_model(name=v["id"], path=v["path"], actor=actor_of(request), **settings_fields)
+        if not v["deploy"]:
+            return Response({"id": v["id"], "registered": True, "deployment": None}, status=201)
+        deployment = services.deploy_model(model_name=v["id"], node_name=v.get("node"), actor=actor_of(request))
+        body = {"id": deployment.model.name, "deployment": DeploymentOutputSerializer(deployment).data}
+        return Response(body, status=202, headers={"Location": body["deployment"]["url"]})
+
+
+class ModelDeleteView(APIView):
+    """DELETE /v1/models/{id}: unload everywhere (in-flight requests finish first)."""
+
+    permission_classes = [AdminScope]
+
+    def delete(self, request: Request, model_id: str) -> Response:
+        deployments = services.unload_model(model_name=model_id, actor=actor_of(request))
+        return Response({"id": model_id, "deployments": DeploymentOutputSerializer(deployments, many=True).data})
+
+
+class ModelReloadView(APIView):
+    permission_classes = [AdminScope]
+
+    def post(self, request: Request, model_id: str) -> Response:
+        deployments = services.reload_model(model_name=model_id, actor=actor_of(request))
+        return Response({"id": model_id, "deployments": DeploymentOutputSerializer(deployments, many=True).data}, status=202)
+
+
+class DeploymentListView(APIView):
+    permission_classes = [AdminScope]
+
+    def get(self, request: Request) -> Response:
+        deployments = selectors.list_deployments()
+        return Response({"object": "list", "data": DeploymentOutputSerializer(deployments, many=True).data})
+
+
+class DeploymentDetailView(APIView):
+    permission_classes = [AdminScope]
+
+    def get(self, request: Request, deployment_id: int) -> Response:
+        return Response(DeploymentOutputSerializer(selectors.get_deployment(deployment_id=deployment_id)).data)
