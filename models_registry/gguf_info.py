@@ -1,5 +1,6 @@
 """Facts from a GGUF file's header (through the `gguf` library), and a memory estimate."""
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,13 @@ def is_gguf(path: Path) -> bool:
 
 def read_header(path: Path) -> dict[str, Any]:
     """Architecture, parameter count, trained context, quantization, chat template, and what the estimate needs."""
+    stat = path.stat()
+    return dict(_read_header(str(path), stat.st_size, stat.st_mtime))
+
+
+@functools.lru_cache(maxsize=32)
+def _read_header(path: str, size: int, mtime: float) -> dict[str, Any]:
+    # Parsing a header takes seconds in Python (the tokenizer arrays); the same file is read once per process.
     import gguf
 
     reader = gguf.GGUFReader(path)

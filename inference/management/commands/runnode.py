@@ -29,6 +29,7 @@ class Command(BaseCommand):
             default=None,
             help="model id to load, repeatable (AXS_NODE_MODELS, comma-separated; default smollm2)",
         )
+        parser.add_argument("--empty", action="store_true", help="start with no model; load them later (models load)")
 
     def handle(self, *args: object, **options: object) -> None:
         name = options["name"]
@@ -37,7 +38,7 @@ class Command(BaseCommand):
         if not settings.AXS_NODE_TOKEN:
             raise CommandError("Set AXS_NODE_TOKEN (or AXS_NODE_TOKEN_FILE): gateways and nodes share it.")
         host, _, port = str(options["listen"]).rpartition(":")
-        models = options["model"] or [m for m in os.environ.get("AXS_NODE_MODELS", "smollm2").split(",") if m]
+        models = [] if options["empty"] else options["model"] or [m for m in os.environ.get("AXS_NODE_MODELS", "smollm2").split(",") if m]
         registrar: Registrar = (
             HttpRegistrar(gateway=str(options["gateway"]), token=settings.AXS_NODE_TOKEN) if options["gateway"] else DirectRegistrar()
         )
@@ -51,7 +52,7 @@ class Command(BaseCommand):
             advertise=options["advertise"],  # type: ignore[arg-type]
             n_threads=settings.AXS_N_THREADS or None,
         )
-        self.stdout.write(f"==> Node {name} on {options['listen']}, loading {', '.join(models)}")  # type: ignore[arg-type]
+        self.stdout.write(f"==> Node {name} on {options['listen']}, loading {', '.join(models) or 'nothing'}")  # type: ignore[arg-type]
         self.stdout.flush()
         asyncio.run(self._run(runtime))
         self.stdout.write(f"Node {name} stopped.")
