@@ -51,4 +51,13 @@ async def aget_health() -> dict[str, Any]:
         reasons.append("gateway shutting down")
     if table is not None and not servable:
         reasons.append("no model is servable")
-    return {"status": status, "models": servable, "checks": checks, "reasons": reasons}
+    from inference.admission import queue_depth
+
+    return {
+        "status": status,
+        "models": servable,
+        "checks": checks,
+        "reasons": reasons,
+        "inflight": gateway.inflight,
+        "queued": queue_depth(),
+    }

@@ -70,6 +70,7 @@ class NodeRuntime:
         # default queue (and beat) when it is the all-in-one's embedded node.
         self.lifecycle_queues = lifecycle_queues if lifecycle_queues is not None else [f"node.{name}"]
         self.embedded_beat = embedded_beat
+        self.started = False  # start-up loads done: ready for traffic and for lifecycle tasks
         self._celery: Any = None
 
     @property
@@ -152,6 +153,7 @@ class NodeRuntime:
                 await self._load(model)
             if any(s["state"] == "failed" for s in self.model_states.values()) and not self.workers_ready():
                 raise RuntimeError(f"no model could be loaded: {self.model_states}")
+            self.started = True
             await self._beat()
             if self.lifecycle_queues:
                 self._start_lifecycle_worker()
@@ -262,7 +264,7 @@ class NodeRuntime:
 
     async def _beat(self) -> None:
         assert self.node_id is not None
-        status = "draining" if self.app.draining else ("ready" if self.workers_ready() else "starting")
+        status = "draining" if self.app.draining else ("ready" if self.started else "starting")
         try:
             await self.registrar.heartbeat(node_id=self.node_id, status=status, telemetry=self.telemetry(), models=self._models_report())
         except NodeGone:

@@ -1,108 +1,16 @@
 """A real fleet on loopback: 3 gateway processes and 3 node processes on the bundled SmolLM2."""
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections import Counter
-from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
-from django.conf import settings
-from psycopg import sql
 
-from tests.conftest import ARTIFACTS, ROOT, free_port
-
-CHAT = [{"role": "user", "content": "Tell me about rivers."}]
-NO_EOS = {"0": -100, "2": -100}  # SmolLM2's end tokens: generations run to max_tokens
-
-
-class Fleet:
-    def __init__(self) -> None:
-        db = settings.DATABASES["default"]
-        self.db_name = f"test_axserving_fleet_{uuid.uuid4().hex[:8]}"
-        self.db_params = dict(host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"] or "postgres")
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": f"postgres://{self.db_params['user']}@{self.db_params['host']}:{self.db_params['port']}/{self.db_name}",
-            "REDIS_URL": settings.REDIS_URL,
-            "AXS_NODE_TOKEN": "fleet-test-token",
-            "AXS_HEARTBEAT_INTERVAL": "0.5",
-            "AXS_NODE_TTL": "2",
-            "AXS_NODE_OFFLINE_AFTER": "4",
-            "AXS_ROUTING_REFRESH": "0.3",
-            "AXS_N_THREADS": "1",
-            "AXS_SHUTDOWN_GRACE": "20",
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.gateways: dict[str, str] = {}
-        self.node_ports: dict[str, int] = {}
-        self.key = ""
-
-    def manage(self, *args: str, env: dict[str, str] | None = None) -> str:
-        out = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=env or self.env, capture_output=True, text=True, check=True
-        )
-        return out.stdout
-
-    def log(self, name: str) -> str:
-        return (ARTIFACTS / f"fleet-{name}.log").read_text(errors="replace")
-
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        ARTIFACTS.mkdir(exist_ok=True)
-        with (ARTIFACTS / f"fleet-{name}.log").open("ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "manage.py", *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-
-    def start_gateway(self, name: str, **extra_env: str) -> None:
-        port = free_port()
-        self.gateways[name] = f"http://127.0.0.1:{port}"
-        self._spawn(name, ["rungateway", "--port", str(port)], {**self.env, **extra_env})
-
-    def start_node(self, name: str, gateway: str = "gw-a") -> None:
-        port = self.node_ports.setdefault(name, free_port())
-        self._spawn(name, ["runnode", "--name", name, "--listen", f"127.0.0.1:{port}", "--gateway", self.gateways[gateway]], self.env)
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        self.procs[name].send_signal(sig)
-
-    def workers(self, gateway: str = "gw-a") -> dict[str, dict]:
-        response = httpx.get(f"{self.gateways[gateway]}/v1/workers", headers=self.auth, timeout=10)
-        return {w["name"]: w for w in response.json()["data"]}
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-    def wait_until(self, predicate, timeout: float, what: str) -> float:
-        started = time.monotonic()
-        while not predicate():
-            assert time.monotonic() - started < timeout, f"timed out waiting for {what}"
-            time.sleep(0.2)
-        return time.monotonic() - started
-
-    def ready_nodes(self, gateway: str = "gw-a") -> set[str]:
-        return {n for n, w in self.workers(gateway).items() if w["state"] == "ready" and any(m["state"] == "ready" for m in w["models"])}
-
-    def chat(self, gateway: str = "gw-a", **fields) -> httpx.Response:
-        body = {"model": "smollm2", "messages": CHAT, "max_tokens": 8, **fields}
-        return httpx.post(f"{self.gateways[gateway]}/v1/chat/completions", json=body, headers=self.auth, timeout=120)
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-        for proc in self.procs.values():
-            proc.wait(timeout=30)
-        with psycopg.connect(dbname="postgres", autocommit=True, **self.db_params) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db_name)))
+from tests.conftest import ARTIFACTS
+from tests.processes import CHAT, NO_EOS, Fleet, up
+from tests.processes import stream as _stream
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +26,7 @@ def fleet():
         # A gateway with a tiny admission queue and deadline, for the 429 and 504 outcomes.
         f.start_gateway("gw-tight", AXS_ADMISSION_QUEUE="1", AXS_ADMISSION_TIMEOUT="1.5")
         for gw in f.gateways:
-            f.wait_until(lambda gw=gw: _up(f.gateways[gw]), 60, f"{gw} to answer")
+            f.wait_until(lambda gw=gw: up(f.gateways[gw]), 60, f"{gw} to answer")
         for i, name in enumerate(("n1", "n2", "n3")):
             f.start_node(name, gateway="gw-a" if i % 2 == 0 else "gw-b")
         f.wait_until(lambda: f.ready_nodes() == {"n1", "n2", "n3"}, 180, "three ready nodes")
@@ -127,26 +35,16 @@ def fleet():
         f.stop_all()
 
 
-def _up(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/health", timeout=2).status_code in (200, 503)
-    except httpx.HTTPError:
-        return False
+def busy_nodes(fleet: Fleet) -> list[str]:
+    """Nodes whose heartbeat reports requests in flight (waits for the next heartbeat)."""
+    busy: list[str] = []
 
+    def found() -> bool:
+        busy[:] = [n for n, w in fleet.workers().items() if w["inflight"] > 0]
+        return bool(busy)
 
-def _stream(fleet: Fleet, gateway: str, results: dict, key: str, **fields) -> None:
-    """Stream a chat completion, recording its node, content events, error events and whether it ended with [DONE]."""
-    body = {"model": "smollm2", "messages": CHAT, "stream": True, "max_tokens": 60, **fields}
-    events: list[str] = []
-    started = time.monotonic()
-    with httpx.stream("POST", f"{fleet.gateways[gateway]}/v1/chat/completions", json=body, headers=fleet.auth, timeout=120) as r:
-        node = r.headers.get("X-Node")
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                events.append(line[6:])
-                if len(events) == 3:
-                    results.setdefault("first_bytes", {})[key] = time.monotonic()
-    results[key] = {"status": r.status_code, "node": node, "events": events, "took": time.monotonic() - started, "ended": time.monotonic()}
+    fleet.wait_until(found, 5, "a heartbeat to report the load")
+    return busy
 
 
 def test_both_gateways_see_the_same_fleet(fleet):
@@ -212,6 +110,8 @@ def test_drain_moves_traffic_off_a_node_with_no_failed_request(fleet):
 
 def test_admission_outcomes_429_504_and_503(fleet):
     # given every node busy with a long stream through the tight gateway (capacity = 3 slots)
+    fleet.wait_until(lambda: all(w["inflight"] == 0 for w in fleet.workers().values()), 30, "an idle fleet")
+    time.sleep(1.0)  # idle telemetry reaches every routing table, so the three go to three nodes
     results: dict = {}
     hogs = [
         threading.Thread(target=_stream, args=(fleet, "gw-tight", results, f"h{i}"), kwargs={"max_tokens": 200, "logit_bias": NO_EOS})
@@ -225,12 +125,12 @@ def test_admission_outcomes_429_504_and_503(fleet):
     waiter: dict = {}
     wait_thread = threading.Thread(target=lambda: waiter.update(r=fleet.chat("gw-tight")))
     wait_thread.start()
-    time.sleep(0.3)
+    fleet.wait_until(lambda: httpx.get(f"{fleet.gateways['gw-tight']}/health").json()["queued"].get("smollm2") == 1, 5, "queued")
     full = fleet.chat("gw-tight")
     wait_thread.join()
 
     # then the extra one is refused at once and the waiting one times out
-    assert full.status_code == 429
+    assert full.status_code == 429, (full.text, waiter, {k: v for k, v in results.items() if k != "first_bytes"})
     assert full.json()["error"]["type"] == "rate_limit_error"
     assert int(full.headers["Retry-After"]) >= 1
     assert waiter["r"].status_code == 504
@@ -260,8 +160,7 @@ def test_sigkill_mid_stream_ends_that_stream_with_an_error_and_spares_the_others
     for t in streams:
         t.start()
     fleet.wait_until(lambda: len(results.get("first_bytes", {})) == 3, 60, "streams to start")
-    fleet.wait_until(lambda: any(w["inflight"] for w in fleet.workers().values()), 5, "a heartbeat to report the load")
-    victim = next(n for n, w in fleet.workers().items() if w["inflight"] > 0)
+    victim = busy_nodes(fleet)[0]
 
     killed_at = time.monotonic()
     fleet.kill(victim)
@@ -307,11 +206,10 @@ def test_a_stopped_node_goes_offline_within_the_ttl_and_returns(fleet):
 
 def test_sigterm_on_a_node_finishes_in_flight_then_deregisters(fleet):
     results: dict = {}
-    stream = threading.Thread(target=_stream, args=(fleet, "gw-b", results, "t0"), kwargs={"max_tokens": 80, "logit_bias": NO_EOS})
+    stream = threading.Thread(target=_stream, args=(fleet, "gw-b", results, "t0"), kwargs={"max_tokens": 200, "logit_bias": NO_EOS})
     stream.start()
     fleet.wait_until(lambda: len(results.get("first_bytes", {})) == 1, 60, "stream to start")
-    fleet.wait_until(lambda: any(w["inflight"] for w in fleet.workers().values()), 5, "a heartbeat to report the load")
-    busy = [n for n, w in fleet.workers().items() if w["inflight"] > 0]
+    busy = busy_nodes(fleet)
 
     fleet.kill(busy[0], signal.SIGTERM)
     stream.join()
