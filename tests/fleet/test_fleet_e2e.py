@@ -235,3 +235,24 @@ def test_client_disconnect_frees_the_node_slot_within_a_second(fleet):
     freed_after = fleet.wait_until(lambda: httpx.get(node_health, headers=token).json()["inflight"] == 0, 10, "slot freed")
 
     assert freed_after <= 1.0, f"slot freed {time.monotonic() - gone_at:.2f}s after the client left"
+
+
+def test_sigterm_on_a_gateway_fails_readiness_finishes_streams_then_exits(fleet):
+    fleet.start_gateway("gw-term")
+    base = fleet.gateways["gw-term"]
+    fleet.wait_until(lambda: up(base), 60, "gw-term")
+    results: dict = {}
+    stream = threading.Thread(target=_stream, args=(fleet, "gw-term", results, "g0"), kwargs={"max_tokens": 120, "logit_bias": NO_EOS})
+    stream.start()
+    fleet.wait_until(lambda: len(results.get("first_bytes", {})) == 1, 60, "stream to start")
+
+    fleet.kill("gw-term", signal.SIGTERM)
+    health = httpx.get(f"{base}/health")
+    refused = fleet.chat("gw-term")
+    stream.join()
+    fleet.procs["gw-term"].wait(timeout=30)
+
+    assert health.status_code == 503 and health.json()["status"] == "unavailable"
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "gateway_draining"
+    assert results["g0"]["events"][-1] == "[DONE]" and not any("error" in e for e in results["g0"]["events"])
+    assert fleet.procs["gw-term"].returncode == 0
