@@ -13,6 +13,7 @@ urlpatterns = [
     path("v1/detokenize", inference.detokenize, name="detokenize"),
     path("v1/models", inference.models_list, name="models"),
     path("v1/models/<str:model_id>", inference.model_detail, name="model-detail"),
+    path("v1/admin/", include("axserving.access.urls")),
     path("admin/", admin.site.urls),
     path("", include("django_prometheus.urls")),
 ]
