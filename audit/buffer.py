@@ -30,7 +30,9 @@ Item = dict[str, Any]
 
 
 class BatchWriter:
-    def __init__(self, name: str, write: Callable[[list[Item]], int], *, interval: float, max_items: int, batch: int = 1000):
+    def __init__(
+        self, name: str, write: Callable[[list[Item]], int], *, interval: float, max_items: int, batch: int = 1000, at_exit: bool = True
+    ):
         self.name = name
         self._write = write
         self.interval = interval
@@ -41,7 +43,8 @@ class BatchWriter:
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.failed = False
-        _writers.append(self)
+        if at_exit:
+            _writers.append(self)
 
     def __len__(self) -> int:
         return len(self._items)
