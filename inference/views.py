@@ -11,8 +11,7 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers as drf
 
 from axserving.access import gate, quotas
-from axserving.access.models import Scope
-from axserving.access.selectors import KeyInfo, aget_api_key
+from axserving.access.selectors import KeyInfo
 from axserving.errors import ApiError, BodyTooLarge, InvalidJson, InvalidRequest, invalid_from_detail
 from fleet import dispatch
 from fleet.selectors import ModelView
@@ -36,8 +35,7 @@ def openai_endpoint(method: str) -> Callable[[View], View]:
                 if method == "GET":
                     # POSTs learn of revocations inside their quota round trip; listings ask Redis directly.
                     await quotas.arefresh_if_changed()
-                key = await aget_api_key(request.headers.get("Authorization", ""))
-                gate.require_scope(key, Scope.INFERENCE)
+                key = await gate.aauthenticate(request)
                 request.api_key = key  # type: ignore[attr-defined]
                 return await view(request, *args, **kwargs)
             except ApiError as exc:

@@ -49,18 +49,34 @@ async def acheck_model(key: KeyInfo, name: str) -> None:
         raise ModelNotAllowed(f"The key '{key.name}' is not allowed to use the model '{name}'.", param="model")
 
 
-def apply_token_cap(key: KeyInfo, endpoint: str, payload: dict[str, Any]) -> None:
-    """Refuse a max_tokens above the project's cap (400); fill it in when the request sets none."""
+def token_cap_default(key: KeyInfo, endpoint: str, payload: dict[str, Any]) -> int | None:
+    """Refuse a max_tokens above the project's cap (400); return the cap when the request sets no limit."""
     fields = _CAPPED.get(endpoint)
     cap = key.max_tokens_cap
     if fields is None or cap is None:
-        return
+        return None
     asked = [name for name in fields if name in payload]
     for name in asked:
         if payload[name] > cap:
             raise MaxTokensOverCap(f"{name} {payload[name]} exceeds this project's cap of {cap}.", param=name)
-    if not asked:
-        payload["max_tokens"] = cap
+    return None if asked else cap
+
+
+async def aauthenticate(request: HttpRequest) -> KeyInfo:
+    """The request's key with the inference scope (401/403), re-read once if the scope was granted since it was cached."""
+    key = await selectors.aget_api_key(request.headers.get("Authorization", ""))
+    if Scope.INFERENCE not in key.scopes and await quotas.arefresh_if_changed():
+        key = await selectors.aget_api_key(request.headers.get("Authorization", ""))
+    require_scope(key, Scope.INFERENCE)
+    return key
+
+
+async def _areload_key(request: HttpRequest) -> KeyInfo:
+    selectors.forget_cached_keys()
+    key = await selectors.aget_api_key(request.headers.get("Authorization", ""))
+    require_scope(key, Scope.INFERENCE)
+    request.api_key = key  # type: ignore[attr-defined]
+    return key
 
 
 def priority_for(key: KeyInfo, header: str | None) -> int:
@@ -122,17 +138,21 @@ async def aadmit(*, request: HttpRequest, endpoint: str, payload: dict[str, Any]
     for attempt in range(3):
         key: KeyInfo = request.api_key  # type: ignore[attr-defined]
         model = str(payload.get("model", ""))
-        await acheck_model(key, model)
-        apply_token_cap(key, endpoint, payload)
+        try:
+            await acheck_model(key, model)
+            default_max_tokens = token_cap_default(key, endpoint, payload)
+        except ApiError:
+            # The cached policy may predate a change that allows this; refusals are rare, so ask Redis.
+            if attempt == 0 and await quotas.arefresh_if_changed():
+                await _areload_key(request)
+                continue
+            raise
         request.priority = priority_for(key, request.headers.get(PRIORITY_HEADER))  # type: ignore[attr-defined]
         ticket = Ticket(key=key, request_id=request.request_id, endpoint=endpoint, model=model)  # type: ignore[attr-defined]
         # The last attempt skips the version check, so constant churn cannot starve a request.
         admission = await quotas.areserve(key=key, request_id=ticket.slot, check_version=attempt < 2)
         if admission.stale:
-            selectors.forget_cached_keys()
-            refreshed = await selectors.aget_api_key(request.headers.get("Authorization", ""))
-            require_scope(refreshed, Scope.INFERENCE)
-            request.api_key = refreshed  # type: ignore[attr-defined]
+            await _areload_key(request)
             continue
         denial = admission.denial
         if denial is not None:
@@ -143,6 +163,8 @@ async def aadmit(*, request: HttpRequest, endpoint: str, payload: dict[str, Any]
                 code=f"{denial.limit}_exceeded",
                 headers={"Retry-After": str(denial.retry_after)},
             )
+        if default_max_tokens is not None:
+            payload["max_tokens"] = default_max_tokens
         return ticket
     raise AssertionError("unreachable: the last attempt never reports stale")
 

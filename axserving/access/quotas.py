@@ -266,17 +266,19 @@ class _LocalLimiter:
 _local = _LocalLimiter()
 
 
-async def arefresh_if_changed() -> None:
-    """Drop this process's key and policy caches if the governance version in Redis moved (one GET)."""
+async def arefresh_if_changed() -> bool:
+    """Drop this process's key and policy caches if the governance version in Redis moved (one GET); say whether."""
     entry = _client()
     if entry is None:
-        return
+        return False
     try:
         raw = await entry[0].get(VERSION_KEY)
     except (aioredis.RedisError, OSError) as exc:
         _redis_failed(exc)
-        return
+        return False
     version = raw.decode() if raw else "0"
-    if version != _State.seen_version:
-        _State.seen_version = version
-        forget_cached_keys()
+    if version == _State.seen_version:
+        return False
+    _State.seen_version = version
+    forget_cached_keys()
+    return True
