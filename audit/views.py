@@ -6,12 +6,15 @@ from datetime import timedelta
 from asgiref.sync import sync_to_async
 from django.http import StreamingHttpResponse
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from axserving.access.permissions import AdminAPIView
+from axserving.access.selectors import label_usage_rows
 from axserving.errors import invalid_from_detail
 
 from . import exports, selectors
@@ -44,6 +47,7 @@ class AuditPagination(LimitOffsetPagination):
 class AuditListView(AdminAPIView):
     """GET audit events filtered by actor, action, outcome and time; `?format=csv|jsonl` streams the whole export."""
 
+    @extend_schema_serializer(component_name="AuditListOutput")
     class OutputSerializer(serializers.Serializer):
         id = serializers.IntegerField()
         created_at = serializers.DateTimeField()
@@ -58,6 +62,23 @@ class AuditListView(AdminAPIView):
         prev_hash = serializers.CharField()
         hash = serializers.CharField()
 
+    @extend_schema(
+        operation_id="admin_audit_list",
+        parameters=[
+            OpenApiParameter("format", str, enum=sorted(exports.FORMATS), description="stream the whole filtered log instead of a page"),
+            OpenApiParameter("actor", str),
+            OpenApiParameter("action", str),
+            OpenApiParameter("action_prefix", str),
+            OpenApiParameter("target", str),
+            OpenApiParameter("outcome", str),
+            OpenApiParameter("request_id", str),
+            OpenApiParameter("since", OpenApiTypes.DATETIME),
+            OpenApiParameter("until", OpenApiTypes.DATETIME),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("offset", int),
+        ],
+        responses=OutputSerializer(many=True),
+    )
     def get(self, request: Request):  # type: ignore[no-untyped-def]
         fmt = request.query_params.get("format")
         if fmt is not None and fmt not in exports.FORMATS:
@@ -75,6 +96,20 @@ class AuditListView(AdminAPIView):
 class AuditVerifyView(AdminAPIView):
     """GET: walk the whole hash chain and report the first broken record, if any."""
 
+    @extend_schema(
+        operation_id="admin_audit_verify",
+        responses=inline_serializer(
+            "ChainReport",
+            {
+                "ok": serializers.BooleanField(),
+                "checked": serializers.IntegerField(),
+                "broken_id": serializers.IntegerField(allow_null=True),
+                "reason": serializers.CharField(),
+                "expected": serializers.CharField(),
+                "found": serializers.CharField(),
+            },
+        ),
+    )
     def get(self, request: Request) -> Response:
         return Response(selectors.verify_chain().as_dict())
 
@@ -82,6 +117,7 @@ class AuditVerifyView(AdminAPIView):
 class UsageReportView(AdminAPIView):
     """GET requests and tokens per project/key/model over a period (default: the last 30 days), for chargeback."""
 
+    @extend_schema_serializer(component_name="UsageReportInput")
     class InputSerializer(serializers.Serializer):
         since = serializers.DateTimeField(required=False)
         until = serializers.DateTimeField(required=False)
@@ -94,10 +130,15 @@ class UsageReportView(AdminAPIView):
                 raise serializers.ValidationError(f"Use a comma-separated subset of {sorted(selectors.USAGE_GROUPS)}.")
             return names
 
+    @extend_schema(
+        operation_id="admin_usage_report",
+        parameters=[InputSerializer],
+        responses=inline_serializer("UsageReport", {"object": serializers.CharField(), "since": serializers.DateTimeField(), "until": serializers.DateTimeField(), "data": serializers.ListField(child=serializers.DictField())}),
+    )
     def get(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.query_params)
         data.is_valid(raise_exception=True)
         until = data.validated_data.get("until") or timezone.now()
         since = data.validated_data.get("since") or until - timedelta(days=30)
-        rows = selectors.get_usage_report(since=since, until=until, group_by=data.validated_data["group_by"])
+        rows = label_usage_rows(selectors.get_usage_report(since=since, until=until, group_by=data.validated_data["group_by"]))
         return Response({"object": "list", "since": since, "until": until, "data": rows})

@@ -193,3 +193,17 @@ async def aget_global_policy() -> GlobalPolicyView:
     )
     _global_policy = (view, now + settings.AXS_POLICY_REFRESH)
     return view
+
+
+def label_usage_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Add project and key names to usage report rows that carry their ids (two queries, whatever the row count)."""
+    project_ids = {row["project"] for row in rows if row.get("project") is not None}
+    key_ids = {row["key"] for row in rows if row.get("key") is not None}
+    projects = dict(Project.objects.filter(pk__in=project_ids).values_list("pk", "name"))
+    keys = {pk: (name, prefix) for pk, name, prefix in ApiKey.objects.filter(pk__in=key_ids).values_list("pk", "name", "prefix")}
+    for row in rows:
+        if "project" in row:
+            row["project_name"] = projects.get(row["project"])  # type: ignore[call-overload]
+        if "key" in row:
+            row["key_name"], row["key_prefix"] = keys.get(row["key"], (None, None))  # type: ignore[call-overload]
+    return rows

@@ -148,6 +148,8 @@ def test_it_reports_usage_per_project_key_and_model(admin_api):
     from audit.services import record_usage
 
     now = timezone.now()
+    project = create_project(name="chargeback", actor="test")
+    key, _ = create_api_key(name="billable", project_id=project.pk)
     row = {"created_at": now, "request_id": "r", "endpoint": "chat/completions", "node": "n", "status": 200, "latency_ms": 5.0}
     record_usage(
         records=[
@@ -157,11 +159,18 @@ def test_it_reports_usage_per_project_key_and_model(admin_api):
         ]
     )
 
-    by_project = admin_api.get("/v1/admin/usage", {"group_by": "project"}).json()["data"]
+    record_usage(records=[{**row, "key_id": key.pk, "project_id": project.pk, "model": "m", "prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}])
+
+    by_project = admin_api.get("/v1/admin/usage", {"group_by": "project"}).json()["data"][:2]
+    by_key = admin_api.get("/v1/admin/usage", {"group_by": "key,model"}).json()["data"]
     bad = admin_api.get("/v1/admin/usage", {"group_by": "colour"})
 
     assert by_project == [
-        {"project": 10, "requests": 2, "prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9},
-        {"project": 11, "requests": 1, "prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5},
+        {"project": 10, "project_name": None, "requests": 2, "prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9},
+        {"project": 11, "project_name": None, "requests": 1, "prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5},
     ]
+    assert by_key[-1] == {
+        "key": key.pk, "model": "m", "key_name": "billable", "key_prefix": key.prefix,
+        "requests": 1, "prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4,
+    }
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "group_by"
