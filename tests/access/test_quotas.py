@@ -90,3 +90,20 @@ async def test_it_falls_back_to_local_limits_when_redis_is_unreachable(settings)
     assert [r.backend for r in results] == ["local"] * 3
     assert [r.denial is None for r in results] == [True, True, False]
     assert quotas.redis_degraded()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_health_reports_redis_unreachable_while_quotas_run_locally(settings, async_client):
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    quotas._State.clients = {}
+    await quotas.areserve(key=_key(Limits(requests_per_minute=5), key_id=98), request_id="x")
+
+    health = (await async_client.get("/health")).json()
+
+    assert quotas.redis_degraded()
+    assert health["status"] == "degraded"
+    assert health["checks"]["redis"] == "unreachable"
+    await sync_to_async(connections.close_all)()
