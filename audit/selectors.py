@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import Count, QuerySet, Sum
 
 from .models import AuditEvent, UsageRecord
-from .services import GENESIS, HASHED_FIELDS, chain_hash
+from .services import GENESIS, HASHED_FIELDS, chain_hash, legacy_chain_hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +34,9 @@ def verify_chain(*, progress: Callable[[int], None] | None = None, chunk_size: i
         if stored_prev != prev_hash:
             # The record before this one was deleted, inserted out of chain, or altered.
             return ChainReport(False, checked, pk, "previous record missing or altered", prev_hash, stored_prev)
-        expected = chain_hash(stored_prev, dict(zip(HASHED_FIELDS, row[3:], strict=True)))
-        if expected != stored_hash:
+        fields = dict(zip(HASHED_FIELDS, row[3:], strict=True))
+        expected = chain_hash(stored_prev, fields)
+        if expected != stored_hash and legacy_chain_hash(stored_prev, fields) != stored_hash:
             return ChainReport(False, checked, pk, "record content does not match its hash", expected, stored_hash)
         prev_hash = stored_hash
         checked += 1

@@ -39,6 +39,23 @@ def chain_hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(prev_hash.encode() + canonical(fields)).hexdigest()
 
 
+LEGACY_FIELDS = ("created_at", "actor", "action", "target", "data")
+
+
+def legacy_chain_hash(prev_hash: str, fields: Mapping[str, Any]) -> str | None:
+    """The hash records written before outcome/request id/before/after existed carry (migration 0002), or None.
+
+    Only a record whose newer fields still hold their defaults can be one, so editing any of
+    those fields is still detected.
+    """
+    if fields["outcome"] != Outcome.SUCCESS or fields["request_id"] or fields["before"] is not None or fields["after"] is not None:
+        return None
+    created_at = fields["created_at"]
+    body = {name: fields[name] for name in LEGACY_FIELDS}
+    body["created_at"] = created_at.isoformat() if isinstance(created_at, datetime) else created_at
+    return hashlib.sha256(prev_hash.encode() + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 def _lock_chain() -> str:
     """Take the chain lock for this transaction and return the hash to chain onto."""
     if connection.vendor == "postgresql":

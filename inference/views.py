@@ -1,5 +1,6 @@
 """OpenAI endpoints: async views on the hot path (no ORM, no thread hop per request)."""
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -76,6 +77,9 @@ async def governed_forward(request: HttpRequest, endpoint: str, payload: dict[st
         )
     except ApiError as exc:
         ticket.release(exc.status)
+        raise
+    except asyncio.CancelledError:
+        ticket.release(499)  # the client went away before the node answered
         raise
     except BaseException:
         ticket.release(500)

@@ -120,3 +120,23 @@ def test_fifty_concurrent_writers_produce_one_unbroken_chain():
     assert all(rows[i][0] == rows[i - 1][1] for i in range(1, len(rows)))
     assert len({prev for prev, _ in rows}) == len(rows)  # no two records share a parent: no fork
     assert verify_chain().ok
+
+
+def test_verify_accepts_records_hashed_before_the_newer_fields_existed_but_not_edits_to_them():
+    import hashlib
+
+    import orjson
+    from django.utils import timezone
+
+    # given a record as the first version of the chain wrote it (five hashed fields)
+    created_at = timezone.now()
+    legacy = {"created_at": created_at.isoformat(), "actor": "serve", "action": "api_key.created", "target": "api_key:1", "data": {}}
+    digest = hashlib.sha256(GENESIS.encode() + orjson.dumps(legacy, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    old = AuditEvent.objects.create(**{**legacy, "created_at": created_at}, prev_hash=GENESIS, hash=digest)
+    record_event(actor="alice", action="next")
+
+    intact = verify_chain()
+    _without_triggers("UPDATE audit_auditevent SET outcome = 'denied' WHERE id = %s", [old.pk])
+
+    assert intact.ok and intact.checked == 2
+    assert verify_chain().broken_id == old.pk
