@@ -2,7 +2,9 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest, StreamingHttpResponse
 
+from .admin_mixins import admin_actor
 from .models import AuditEvent, UsageRecord
+from .services import record_export
 from .views import stream_export
 
 
@@ -29,10 +31,12 @@ class AuditEventAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Export selected events as CSV", permissions=["export"])
     def export_csv(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> StreamingHttpResponse:
+        record_export(actor=admin_actor(request), fmt="csv", filters={"selected": queryset.count()})
         return stream_export(queryset, "csv", "audit")
 
     @admin.action(description="Export selected events as JSON Lines", permissions=["export"])
     def export_jsonl(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> StreamingHttpResponse:
+        record_export(actor=admin_actor(request), fmt="jsonl", filters={"selected": queryset.count()})
         return stream_export(queryset, "jsonl", "audit")
 
 

@@ -139,3 +139,8 @@ def record_usage(*, records: Iterable[Mapping[str, Any]]) -> int:
     ]
     UsageRecord.objects.bulk_create(rows, batch_size=1000)
     return len(rows)
+
+
+def record_export(*, actor: str, fmt: str, filters: dict[str, Any], request_id: str = "") -> AuditEvent:
+    """Audit that someone exported the audit log (DB): reading the record is itself on the record."""
+    return record_event(actor=actor, action="audit.exported", target="audit", data={"format": fmt, "filters": filters}, request_id=request_id)

@@ -13,11 +13,11 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from axserving.access.permissions import AdminAPIView
+from axserving.access.permissions import AdminAPIView, actor_of
 from axserving.access.selectors import label_usage_rows
 from axserving.errors import invalid_from_detail
 
-from . import exports, selectors
+from . import exports, selectors, services
 from .filters import AuditEventFilter
 
 _END = object()
@@ -87,6 +87,8 @@ class AuditListView(AdminAPIView):
         if not filters.is_valid():
             raise invalid_from_detail(filters.errors)
         if fmt:
+            used = {name: value for name, value in filters.form.cleaned_data.items() if value not in (None, "")}
+            services.record_export(actor=actor_of(request), fmt=fmt, filters=used, request_id=self.request_id())
             return stream_export(filters.qs, fmt, f"audit-{timezone.now():%Y%m%dT%H%M%S}")
         paginator = AuditPagination()
         page = paginator.paginate_queryset(filters.qs, request, view=self)

@@ -66,6 +66,22 @@ def test_auditor_reads_and_exports_the_audit_log_but_cannot_touch_keys(client):
     assert export.status_code == 200
     assert b'"actor":"alice"' in b"".join(export)  # the async stream, consumed the way a WSGI server would
     assert add_key.status_code == 403
+    assert AuditEvent.objects.get(action="audit.exported").actor == "user:auditors-user"
+
+
+def test_granting_a_staff_role_is_audited(admin_client):
+    user = User.objects.create_user("carol", is_staff=True)
+    auditors = Group.objects.get(name="auditors")
+
+    response = admin_client.post(
+        f"/admin/auth/user/{user.pk}/change/",
+        {"username": "carol", "is_staff": "on", "is_active": "on", "groups": [auditors.pk], "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00"},
+    )
+
+    assert response.status_code == 302
+    event = AuditEvent.objects.get(action="admin.changed", target=f"auth.user:{user.pk}")
+    assert event.actor == "user:admin"
+    assert "Groups" in event.after["change"][0]["changed"]["fields"]
 
 
 def test_operator_cannot_export_the_audit_log(client):

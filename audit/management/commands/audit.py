@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from audit import exports, selectors
 from audit.filters import AuditEventFilter
+from audit.services import record_export
 
 
 def _when(value: str):  # type: ignore[no-untyped-def]
@@ -60,6 +61,7 @@ class Command(BaseCommand):
         filters = AuditEventFilter({k: v for k, v in query.items() if v}, queryset=selectors.list_audit_events())
         if not filters.is_valid():
             raise CommandError(f"Invalid filter: {dict(filters.errors)}")
+        record_export(actor="cli", fmt=str(options["format"]), filters={k: v for k, v in query.items() if v})
         queryset = filters.qs
         total = queryset.count()
         out = open(str(options["output"]), "wb") if options["output"] else sys.stdout.buffer  # noqa: SIM115
