@@ -53,6 +53,7 @@ def test_admin_revoke_action_and_policy_edit_are_audited(admin_client):
     assert AuditEvent.objects.get(action="policy.global_changed").after["routing_policy"] == "round_robin"
 
 
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
 def test_auditor_reads_and_exports_the_audit_log_but_cannot_touch_keys(client):
     create_api_key(name="k", actor="alice")
     _staff(client, "auditors")
