@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_prometheus",
     "channels",
+    "django_filters",
     "axserving.access",
     "audit",
     "fleet",
@@ -125,6 +126,8 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # `?format=` selects the audit export (csv, jsonl), not a DRF renderer.
+    "URL_FORMAT_OVERRIDE": None,
 }
 SPECTACULAR_SETTINGS = {"TITLE": "axserving", "VERSION": "0.1.0"}
 
@@ -172,3 +175,16 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("AXS_LOG_LEVEL", default="INFO")},
     "loggers": {"daphne": {"level": "WARNING"}, "django.server": {"level": "WARNING"}},
 }
+
+# Governance (docs/governance.md).
+# Seconds a gateway re-reads the global policy (routing, admission limits) at most.
+AXS_POLICY_REFRESH = env.float("AXS_POLICY_REFRESH", default=2.0)
+# Quota Redis calls give up after this long; Redis is then skipped for AXS_QUOTA_REDIS_RETRY seconds.
+AXS_QUOTA_REDIS_TIMEOUT = env.float("AXS_QUOTA_REDIS_TIMEOUT", default=0.25)
+AXS_QUOTA_REDIS_RETRY = env.float("AXS_QUOTA_REDIS_RETRY", default=2.0)
+# A concurrency slot not released after this long is reclaimed (a gateway died mid-request).
+AXS_INFLIGHT_TTL = env.float("AXS_INFLIGHT_TTL", default=900.0)
+# Usage log and rejected-request audit: flush period, in-memory bound, and the exit spool.
+AXS_LOG_FLUSH_SECONDS = env.float("AXS_LOG_FLUSH_SECONDS", default=1.0)
+AXS_LOG_SPOOL_MAX = env.int("AXS_LOG_SPOOL_MAX", default=100_000)
+AXS_SPOOL_DIR = env("AXS_SPOOL_DIR", default=str(BASE_DIR / "var" / "spool"))

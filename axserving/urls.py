@@ -48,6 +48,7 @@ urlpatterns = [
     path("internal/nodes/register", fleet.NodeRegisterView.as_view(), name="node-register"),
     path("internal/nodes/<int:node_id>/heartbeat", fleet.NodeHeartbeatView.as_view(), name="node-heartbeat"),
     path("internal/nodes/<int:node_id>/deregister", fleet.NodeDeregisterView.as_view(), name="node-deregister"),
+    path("v1/admin/", include("axserving.access.urls")),
     path("admin/", admin.site.urls),
     path("", include("django_prometheus.urls")),
 ]

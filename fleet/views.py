@@ -9,7 +9,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from axserving.errors import AuthenticationFailed, PermissionDenied
+from axserving.access.permissions import AdminAPIView, actor_of
+from axserving.errors import AuthenticationFailed
 
 from . import health as health_checks
 from . import selectors, services
@@ -22,17 +23,6 @@ async def health(request: HttpRequest) -> HttpResponse:
     return HttpResponse(orjson.dumps(report), status=status, content_type="application/json")
 
 
-class AdminScope(BasePermission):
-    """A bearer key with the `admin` scope."""
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        if request.auth is None:
-            raise AuthenticationFailed()
-        if "admin" not in request.auth.scopes:
-            raise PermissionDenied("This key lacks the 'admin' scope.", code="missing_scope")
-        return True
-
-
 class NodeToken(BasePermission):
     """The fleet's node token (never an API key): only nodes and gateways call these."""
 
@@ -42,10 +32,6 @@ class NodeToken(BasePermission):
         if scheme.lower() != "bearer" or not token or not hmac.compare_digest(secret.encode(), token.encode()):
             raise AuthenticationFailed("The node token is required here.", code="invalid_node_token")
         return True
-
-
-def actor_of(request: Request) -> str:
-    return f"key:{request.auth.id}" if request.auth is not None else "anonymous"
 
 
 class WorkerOutputSerializer(serializers.Serializer):
@@ -73,16 +59,14 @@ class WorkerOutputSerializer(serializers.Serializer):
         return int(node.telemetry.get("free_memory_bytes", 0))
 
 
-class WorkerListView(APIView):
-    permission_classes = [AdminScope]
+class WorkerListView(AdminAPIView):
 
     def get(self, request: Request) -> Response:
         nodes = selectors.list_nodes()
         return Response({"object": "list", "data": WorkerOutputSerializer(nodes, many=True).data})
 
 
-class WorkerDetailView(APIView):
-    permission_classes = [AdminScope]
+class WorkerDetailView(AdminAPIView):
 
     def get(self, request: Request, node_id: int) -> Response:
         return Response(WorkerOutputSerializer(selectors.get_node(node_id=node_id)).data)
@@ -93,16 +77,14 @@ class WorkerDetailView(APIView):
         return Response({"id": node_id, "deleted": True})
 
 
-class WorkerDrainView(APIView):
-    permission_classes = [AdminScope]
+class WorkerDrainView(AdminAPIView):
 
     def post(self, request: Request, node_id: int) -> Response:
         services.drain_node(node_id=node_id, actor=actor_of(request))
         return Response(WorkerOutputSerializer(selectors.get_node(node_id=node_id)).data)
 
 
-class WorkerUndrainView(APIView):
-    permission_classes = [AdminScope]
+class WorkerUndrainView(AdminAPIView):
 
     def post(self, request: Request, node_id: int) -> Response:
         services.undrain_node(node_id=node_id, actor=actor_of(request))

@@ -1,5 +1,6 @@
 """OpenAI endpoints: async views on the hot path (no ORM, no thread hop per request)."""
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -10,9 +11,9 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers as drf
 
-from axserving.access.models import Scope
-from axserving.access.selectors import aget_api_key
-from axserving.errors import ApiError, BodyTooLarge, InvalidJson, InvalidRequest, PermissionDenied, invalid_from_detail
+from axserving.access import gate, quotas
+from axserving.access.selectors import KeyInfo
+from axserving.errors import ApiError, BodyTooLarge, InvalidJson, InvalidRequest, invalid_from_detail
 from fleet import dispatch
 from fleet.selectors import ModelView
 
@@ -22,21 +23,24 @@ View = Callable[..., Awaitable[HttpResponse]]
 
 
 def openai_endpoint(method: str) -> Callable[[View], View]:
-    """Method check, bearer-key auth (inference scope) and the OpenAI error envelope for a view."""
+    """Method check, bearer-key auth (inference scope), rejection audit and the OpenAI error envelope for a view."""
 
     def wrap(view: View) -> View:
         @csrf_exempt
         @functools.wraps(view)
         async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            key: KeyInfo | None = None
             try:
                 if request.method != method:
                     raise InvalidRequest(f"Use {method} for {request.path}.", code="method_not_allowed")
-                key = await aget_api_key(request.headers.get("Authorization", ""))
-                if Scope.INFERENCE not in key.scopes:
-                    raise PermissionDenied("This key lacks the 'inference' scope.", code="missing_scope")
+                if method == "GET":
+                    # POSTs learn of revocations inside their quota round trip; listings ask Redis directly.
+                    await quotas.arefresh_if_changed()
+                key = await gate.aauthenticate(request)
                 request.api_key = key  # type: ignore[attr-defined]
                 return await view(request, *args, **kwargs)
             except ApiError as exc:
+                gate.audit_rejection(request=request, error=exc, key=getattr(request, "api_key", key))
                 response = exc.to_response()
                 if exc.code == "method_not_allowed":
                     response.status_code = 405
@@ -64,34 +68,52 @@ def parse(request: HttpRequest, serializer_class: type[drf.Serializer]) -> dict[
     return {k: v for k, v in serializer.validated_data.items() if v is not None}
 
 
+async def governed_forward(request: HttpRequest, endpoint: str, payload: dict[str, Any], stream: bool) -> HttpResponse:
+    """Policy and quota admission, then forward; the ticket settles usage when the answer ends."""
+    ticket = await gate.aadmit(request=request, endpoint=endpoint, payload=payload)
+    try:
+        return await services.aforward(
+            request=request, endpoint=endpoint, payload=payload, stream=stream, on_complete=ticket.on_complete
+        )
+    except ApiError as exc:
+        ticket.release(exc.status)
+        raise
+    except asyncio.CancelledError:
+        ticket.release(499)  # the client went away before the node answered
+        raise
+    except BaseException:
+        ticket.release(500)
+        raise
+
+
 @openai_endpoint("POST")
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     payload = parse(request, serializers.ChatCompletionSerializer)
-    return await services.aforward(request=request, endpoint="chat/completions", payload=payload, stream=payload["stream"])
+    return await governed_forward(request, "chat/completions", payload, stream=payload["stream"])
 
 
 @openai_endpoint("POST")
 async def completions(request: HttpRequest) -> HttpResponse:
     payload = parse(request, serializers.CompletionSerializer)
-    return await services.aforward(request=request, endpoint="completions", payload=payload, stream=payload["stream"])
+    return await governed_forward(request, "completions", payload, stream=payload["stream"])
 
 
 @openai_endpoint("POST")
 async def embeddings(request: HttpRequest) -> HttpResponse:
     payload = parse(request, serializers.EmbeddingSerializer)
-    return await services.aforward(request=request, endpoint="embeddings", payload=payload, stream=False)
+    return await governed_forward(request, "embeddings", payload, stream=False)
 
 
 @openai_endpoint("POST")
 async def tokenize(request: HttpRequest) -> HttpResponse:
     payload = parse(request, serializers.TokenizeSerializer)
-    return await services.aforward(request=request, endpoint="tokenize", payload=payload, stream=False)
+    return await governed_forward(request, "tokenize", payload, stream=False)
 
 
 @openai_endpoint("POST")
 async def detokenize(request: HttpRequest) -> HttpResponse:
     payload = parse(request, serializers.DetokenizeSerializer)
-    return await services.aforward(request=request, endpoint="detokenize", payload=payload, stream=False)
+    return await governed_forward(request, "detokenize", payload, stream=False)
 
 
 def _model_json(view: ModelView) -> dict[str, Any]:
@@ -114,10 +136,12 @@ def _json(body: Any, status: int = 200) -> HttpResponse:
 @openai_endpoint("GET")
 async def models_list(request: HttpRequest) -> HttpResponse:
     table = await dispatch.aget_routing_table()
-    return _json({"object": "list", "data": [_model_json(view) for view in table.models.values()]})
+    allowed = await gate.aallowed_model_names(request.api_key)  # type: ignore[attr-defined]
+    return _json({"object": "list", "data": [_model_json(view) for name, view in table.models.items() if name in allowed]})
 
 
 @openai_endpoint("GET")
 async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
+    await gate.acheck_model(request.api_key, model_id)  # type: ignore[attr-defined]
     table = await dispatch.aget_routing_table()
     return _json(_model_json(dispatch.resolve_model(table, model_id)))

@@ -4,9 +4,8 @@ from django.urls import reverse
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from fleet.views import AdminScope, actor_of
+from axserving.access.permissions import AdminAPIView, actor_of
 
 from . import selectors, services
 from .models import Deployment
@@ -30,10 +29,8 @@ class DeploymentOutputSerializer(serializers.Serializer):
         return reverse("deployment-detail", args=[deployment.pk])
 
 
-class ModelCreateView(APIView):
+class ModelCreateView(AdminAPIView):
     """POST /v1/models: register a GGUF file and/or deploy a model on a node."""
-
-    permission_classes = [AdminScope]
 
     class InputSerializer(serializers.Serializer):
         id = serializers.SlugField(max_length=100)
@@ -61,34 +58,29 @@ class ModelCreateView(APIView):
         return Response(body, status=202, headers={"Location": body["deployment"]["url"]})
 
 
-class ModelDeleteView(APIView):
+class ModelDeleteView(AdminAPIView):
     """DELETE /v1/models/{id}: unload everywhere (in-flight requests finish first)."""
-
-    permission_classes = [AdminScope]
 
     def delete(self, request: Request, model_id: str) -> Response:
         deployments = services.unload_model(model_name=model_id, actor=actor_of(request))
         return Response({"id": model_id, "deployments": DeploymentOutputSerializer(deployments, many=True).data})
 
 
-class ModelReloadView(APIView):
-    permission_classes = [AdminScope]
+class ModelReloadView(AdminAPIView):
 
     def post(self, request: Request, model_id: str) -> Response:
         deployments = services.reload_model(model_name=model_id, actor=actor_of(request))
         return Response({"id": model_id, "deployments": DeploymentOutputSerializer(deployments, many=True).data}, status=202)
 
 
-class DeploymentListView(APIView):
-    permission_classes = [AdminScope]
+class DeploymentListView(AdminAPIView):
 
     def get(self, request: Request) -> Response:
         deployments = selectors.list_deployments()
         return Response({"object": "list", "data": DeploymentOutputSerializer(deployments, many=True).data})
 
 
-class DeploymentDetailView(APIView):
-    permission_classes = [AdminScope]
+class DeploymentDetailView(AdminAPIView):
 
     def get(self, request: Request, deployment_id: int) -> Response:
         return Response(DeploymentOutputSerializer(selectors.get_deployment(deployment_id=deployment_id)).data)

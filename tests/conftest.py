@@ -64,6 +64,8 @@ def server() -> Iterator[Server]:
         "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{name}",
         "REDIS_URL": settings.REDIS_URL,
         "AXS_NODE_NAME": "e2e-node",
+        # Fixed rather than generated per run, so a second gateway on this database can call this node.
+        "AXS_NODE_TOKEN": uuid.uuid4().hex,
         "AXS_HEARTBEAT_INTERVAL": "1",
         "PYTHONUNBUFFERED": "1",
     }
