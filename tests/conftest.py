@@ -21,6 +21,24 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
 
+def isolated_redis_url(offset: int) -> str:
+    """An emptied Redis database of its own for one group of test processes.
+
+    Celery queues, quota counters and caches are keyed by names and database ids that another
+    group (on another Postgres database) would share.
+    """
+    import redis
+    from urllib.parse import urlparse
+
+    base = urlparse(settings.REDIS_URL)
+    db = int(base.path.strip("/") or 0)
+    url = base._replace(path=f"/{(db - offset) % 16}").geturl()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -62,7 +80,7 @@ def server() -> Iterator[Server]:
     env = {
         **os.environ,
         "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{name}",
-        "REDIS_URL": settings.REDIS_URL,
+        "REDIS_URL": isolated_redis_url(1),
         "AXS_NODE_NAME": "e2e-node",
         # Fixed rather than generated per run, so a second gateway on this database can call this node.
         "AXS_NODE_TOKEN": uuid.uuid4().hex,

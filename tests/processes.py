@@ -13,14 +13,14 @@ import psycopg
 from django.conf import settings
 from psycopg import sql
 
-from tests.conftest import ARTIFACTS, ROOT, free_port
+from tests.conftest import ARTIFACTS, ROOT, free_port, isolated_redis_url
 
 CHAT = [{"role": "user", "content": "Tell me about rivers."}]
 NO_EOS = {"0": -100, "2": -100}  # SmolLM2's end tokens: generations run to max_tokens
 
 
 class Fleet:
-    def __init__(self, prefix: str = "fleet", **env: str) -> None:
+    def __init__(self, prefix: str = "fleet", redis_offset: int = 2, **env: str) -> None:
         self.prefix = prefix
         db = settings.DATABASES["default"]
         self.db_name = f"test_axserving_fleet_{uuid.uuid4().hex[:8]}"
@@ -28,7 +28,7 @@ class Fleet:
         self.env = {
             **os.environ,
             "DATABASE_URL": f"postgres://{self.db_params['user']}@{self.db_params['host']}:{self.db_params['port']}/{self.db_name}",
-            "REDIS_URL": settings.REDIS_URL,
+            "REDIS_URL": isolated_redis_url(redis_offset),
             "AXS_NODE_TOKEN": "fleet-test-token",
             "AXS_HEARTBEAT_INTERVAL": "0.5",
             "AXS_NODE_TTL": "2",

@@ -18,6 +18,7 @@ def fleet(tmp_path_factory):
     (models_dir / "readme.gguf").write_text("not a model")
     f = Fleet(
         prefix="lifecycle",
+        redis_offset=3,
         AXS_SWEEP_INTERVAL="1",
         AXS_EVICT_INTERVAL="1",
         AXS_MODEL_DIRS=str(models_dir),
