@@ -9,15 +9,15 @@ import orjson
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework import serializers as drf
+from pydantic import BaseModel
 
 from axserving.access import gate, quotas
 from axserving.access.selectors import KeyInfo
-from axserving.errors import ApiError, BodyTooLarge, InvalidJson, InvalidRequest, invalid_from_detail
+from axserving.errors import ApiError, BodyTooLarge, InvalidJson, InvalidRequest
 from fleet import dispatch
 from fleet.selectors import ModelView
 
-from . import serializers, services
+from . import schemas, services
 
 View = Callable[..., Awaitable[HttpResponse]]
 
@@ -54,7 +54,7 @@ def openai_endpoint(method: str) -> Callable[[View], View]:
     return wrap
 
 
-def parse(request: HttpRequest, serializer_class: type[drf.Serializer]) -> dict[str, Any]:
+def parse(request: HttpRequest, schema: type[BaseModel]) -> dict[str, Any]:
     """Decode the JSON body and validate its shape; unset (null) fields are dropped."""
     try:
         body = orjson.loads(request.body)
@@ -62,10 +62,7 @@ def parse(request: HttpRequest, serializer_class: type[drf.Serializer]) -> dict[
         raise InvalidJson() from None
     if not isinstance(body, dict):
         raise InvalidJson("The request body must be a JSON object.")
-    serializer = serializer_class(data=body)
-    if not serializer.is_valid():
-        raise invalid_from_detail(serializer.errors)
-    return {k: v for k, v in serializer.validated_data.items() if v is not None}
+    return schemas.validate(schema, body)
 
 
 async def governed_forward(request: HttpRequest, endpoint: str, payload: dict[str, Any], stream: bool) -> HttpResponse:
@@ -88,31 +85,31 @@ async def governed_forward(request: HttpRequest, endpoint: str, payload: dict[st
 
 @openai_endpoint("POST")
 async def chat_completions(request: HttpRequest) -> HttpResponse:
-    payload = parse(request, serializers.ChatCompletionSerializer)
+    payload = parse(request, schemas.ChatCompletionRequest)
     return await governed_forward(request, "chat/completions", payload, stream=payload["stream"])
 
 
 @openai_endpoint("POST")
 async def completions(request: HttpRequest) -> HttpResponse:
-    payload = parse(request, serializers.CompletionSerializer)
+    payload = parse(request, schemas.CompletionRequest)
     return await governed_forward(request, "completions", payload, stream=payload["stream"])
 
 
 @openai_endpoint("POST")
 async def embeddings(request: HttpRequest) -> HttpResponse:
-    payload = parse(request, serializers.EmbeddingSerializer)
+    payload = parse(request, schemas.EmbeddingRequest)
     return await governed_forward(request, "embeddings", payload, stream=False)
 
 
 @openai_endpoint("POST")
 async def tokenize(request: HttpRequest) -> HttpResponse:
-    payload = parse(request, serializers.TokenizeSerializer)
+    payload = parse(request, schemas.TokenizeRequest)
     return await governed_forward(request, "tokenize", payload, stream=False)
 
 
 @openai_endpoint("POST")
 async def detokenize(request: HttpRequest) -> HttpResponse:
-    payload = parse(request, serializers.DetokenizeSerializer)
+    payload = parse(request, schemas.DetokenizeRequest)
     return await governed_forward(request, "detokenize", payload, stream=False)
 
 
