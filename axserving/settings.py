@@ -63,6 +63,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # django-prometheus' pair, without its per-request thread hops (axserving/middleware.py).
+    "axserving.middleware.PrometheusBeforeMiddleware",
     "axserving.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -71,6 +73,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axserving.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "axserving.urls"
@@ -152,6 +155,9 @@ AXS_STREAM_IDLE_TIMEOUT = env.float("AXS_STREAM_IDLE_TIMEOUT", default=120.0)
 AXS_DEFAULT_N_CTX = env.int("AXS_DEFAULT_N_CTX", default=2048)
 AXS_NODE_QUEUE_DEPTH = env.int("AXS_NODE_QUEUE_DEPTH", default=64)
 AXS_N_THREADS = env.int("AXS_N_THREADS", default=0)
+
+# GET /metrics asks for a bearer key with the `metrics` (or `admin`) scope when set.
+AXS_METRICS_REQUIRE_KEY = env.bool("AXS_METRICS_REQUIRE_KEY", default=False)
 
 LOGGING = {
     "version": 1,

@@ -9,7 +9,7 @@ from audit.services import record_event
 from models_registry import selectors as registry_selectors
 from models_registry.models import Deployment, RegisteredModel
 
-from . import hot
+from . import events, hot
 from .errors import NodeBusy, NodeNotFound
 from .models import Node
 
@@ -43,6 +43,7 @@ def register_node(
         target=f"node:{node.pk}",
         data={"address": address, "models": [m.name for m in wanted], "new": created},
     )
+    transaction.on_commit(lambda: events.publish_node_status(node_id=node.pk))
     return node, wanted
 
 
@@ -67,6 +68,7 @@ def heartbeat_node(
             deployment.progress = 100 if state == Deployment.State.READY else deployment.progress
             deployment.save(update_fields=["state", "error", "updated_at", "progress"])
     transaction.on_commit(lambda: hot.put_telemetry(node.name, telemetry, ttl=settings.AXS_NODE_OFFLINE_AFTER))
+    transaction.on_commit(lambda: events.publish_node_status(node_id=node.pk))
     return node
 
 
@@ -78,6 +80,7 @@ def deregister_node(*, node_id: int) -> None:
     node.save(update_fields=["status"])
     Deployment.objects.filter(node=node).update(state=Deployment.State.UNLOADED, updated_at=timezone.now())
     record_event(actor=f"node:{node.name}", action="node.deregistered", target=f"node:{node.pk}")
+    transaction.on_commit(lambda: events.publish_node_status(node_id=node.pk))
 
 
 @transaction.atomic
@@ -109,6 +112,7 @@ def remove_node(*, node_id: int, actor: str, force: bool = False) -> None:
     if node.inflight and not force and node.last_heartbeat > timezone.now() - timedelta(seconds=settings.AXS_NODE_OFFLINE_AFTER):
         raise NodeBusy()
     record_event(actor=actor, action="node.removed", target=f"node:{node.pk}", data={"name": node.name, "forced": force})
+    transaction.on_commit(lambda: events.publish_node_removed(node_id=node_id))
     node.delete()
 
 
