@@ -124,6 +124,7 @@ def test_dashboard_updates_live_in_a_real_browser(server, api_key, admin_key):
             started = time.monotonic()
             page.wait_for_function(f"Number(document.getElementById('total-requests').textContent) >= {before + 3}", timeout=5_000)
             seen_requests_after = time.monotonic() - started
+            charted = page.evaluate("(() => { const s = axsDashboard.series(); return [s.rps.reduce((a, b) => a + b, 0), s.p95.filter(x => x !== null).length]; })()")
             httpx.post(f"{server.base_url}/v1/workers/{node['id']}/drain", headers=admin, timeout=10).raise_for_status()
             drained_at = time.monotonic()
             expect(row.locator(".state")).to_have_text("drained", timeout=5_000)
@@ -138,6 +139,7 @@ def test_dashboard_updates_live_in_a_real_browser(server, api_key, admin_key):
             assert page.locator(f"#deployments tr[data-node='{node['id']}'] .pct").inner_text() == "100%"
             assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
             assert seen_requests_after < 2.5 and seen_drain_after < 4
+            assert charted[0] >= 3 and charted[1] >= 1, charted  # the requests and their TTFT are on the charts
             link = page.locator(f"#node-{node['id']} a").get_attribute("href")
             assert link == f"/admin/fleet/node/{node['id']}/change/"
             page.goto(f"{server.base_url}/admin/fleet/node/")

@@ -107,7 +107,8 @@
   }
 
   function series() {
-    const now = Math.floor(Date.now() / 1000) - 1; // the last complete second
+    // Up to the current second: a tick is stamped when it is sent and covers the second before it.
+    const now = Math.floor(Date.now() / 1000);
     const xs = [], rps = [], tps = [], avg = [], p95 = [];
     for (let t = now - HISTORY + 1; t <= now; t++) {
       const b = buckets.get(t);
@@ -163,7 +164,7 @@
     }, [empty.xs, empty.rps, empty.tps], $("chart-rate"));
     ttftChart = new uPlot({
       width, height: 180,
-      series: [{}, { label: "mean", stroke: "#7a5a00", spanGaps: true }, { label: "p95", stroke: "#8a1c1c", spanGaps: true }],
+      series: [{}, { label: "mean", stroke: "#7a5a00", spanGaps: true, points: { show: true } }, { label: "p95", stroke: "#8a1c1c", spanGaps: true, points: { show: true } }],
       axes: [{}, { label: "ms" }],
     }, [empty.xs, empty.avg, empty.p95], $("chart-ttft"));
   }
@@ -196,4 +197,6 @@
 
   charts();
   connect();
+  // What the charts plot, for the browser test and for anyone poking at the page's console.
+  window.axsDashboard = { series };
 })();
