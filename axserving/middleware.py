@@ -1,14 +1,22 @@
-"""Request id and gateway-overhead headers on every response."""
+"""Request id and gateway-overhead headers on every response; serving metrics for the OpenAI API."""
 
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import orjson
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
+from django_prometheus import middleware as django_prometheus
+
+from axserving import metrics
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+# The OpenAI API routes (by URL name) whose requests the serving metrics count.
+OPENAI_ROUTES = frozenset({"chat-completions", "completions", "embeddings", "tokenize", "detokenize", "models", "model-detail"})
 
 
 def request_id_for(request: HttpRequest) -> str:
@@ -17,17 +25,45 @@ def request_id_for(request: HttpRequest) -> str:
     return incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
 
 
+def _error_of(response: HttpResponseBase) -> tuple[str, str]:
+    """The envelope's code and message of an error answer (only error answers are parsed)."""
+    try:
+        error = orjson.loads(response.content)["error"]  # type: ignore[attr-defined]
+        return str(error.get("code") or error.get("type") or "unknown"), str(error.get("message") or "")
+    except (AttributeError, KeyError, TypeError, orjson.JSONDecodeError):
+        return "unknown", ""
+
+
+def _record(request: HttpRequest, response: HttpResponseBase, overhead: float | None) -> None:
+    match = request.resolver_match
+    if match is None or match.url_name not in OPENAI_ROUTES:
+        return
+    endpoint = match.route.removeprefix("v1/")  # a route pattern: bounded
+    model = getattr(request, "axs_model", "")
+    status = response.status_code
+    metrics.record_request(
+        endpoint=endpoint, model=model, project=metrics.project_of(getattr(request, "api_key", None)), status=status
+    )
+    if status >= 400:
+        code, message = _error_of(response)
+        metrics.record_rejection(endpoint=endpoint, model=model, status=status, code=code, message=message)
+    if overhead is not None:
+        metrics.record_overhead(endpoint=endpoint, seconds=overhead)
+
+
 def _finish(request: HttpRequest, response: HttpResponseBase, started: float) -> HttpResponseBase:
     response["X-Request-ID"] = request.request_id  # type: ignore[attr-defined]
     node_seconds = getattr(request, "node_seconds", None)
+    overhead = None
     if node_seconds is not None:
-        overhead = (time.perf_counter() - started - node_seconds) * 1000
-        response["x-gateway-overhead-ms"] = f"{max(overhead, 0.0):.2f}"
+        overhead = max(time.perf_counter() - started - node_seconds, 0.0)
+        response["x-gateway-overhead-ms"] = f"{overhead * 1000:.2f}"
+    _record(request, response, overhead)
     return response
 
 
 class RequestIdMiddleware:
-    """Tag the request with its id; stamp X-Request-ID and x-gateway-overhead-ms on the response."""
+    """Tag the request with its id; stamp X-Request-ID and x-gateway-overhead-ms; count OpenAI API requests (metrics)."""
 
     sync_capable = True
     async_capable = True
@@ -42,10 +78,44 @@ class RequestIdMiddleware:
             return self.__acall__(request)
         started = time.perf_counter()
         request.request_id = request_id_for(request)  # type: ignore[attr-defined]
+        request.axs_started = started  # type: ignore[attr-defined]
         return _finish(request, self.get_response(request), started)  # type: ignore[arg-type]
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        from fleet import ticker
+
         started = time.perf_counter()
+        ticker.ensure_running()  # the dashboard's per-process figures; a no-op once started
         request.request_id = request_id_for(request)  # type: ignore[attr-defined]
+        request.axs_started = started  # type: ignore[attr-defined]
         response = await self.get_response(request)  # type: ignore[misc]
         return _finish(request, response, started)
+
+
+class _InlineMixin:
+    """django-prometheus's middleware without Django's per-hook thread hop in async mode.
+
+    Its hooks only touch in-process metric objects, so they run on the event loop; Django's
+    MiddlewareMixin would otherwise send each of them through sync_to_async.
+    """
+
+    get_response: Any
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        self.process_request(request)  # type: ignore[attr-defined]
+        response = await self.get_response(request)
+        return self.process_response(request, response)  # type: ignore[attr-defined,no-any-return]
+
+
+class PrometheusBeforeMiddleware(_InlineMixin, django_prometheus.PrometheusBeforeMiddleware):
+    """Count every request and its total latency (django-prometheus), first in the chain."""
+
+
+class PrometheusAfterMiddleware(_InlineMixin, django_prometheus.PrometheusAfterMiddleware):
+    """Count requests by view, method and status (django-prometheus), last in the chain."""
+
+    async def process_view(self, request: HttpRequest, view_func: Any, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().process_view(request, view_func, *args, **kwargs)
+
+    async def process_exception(self, request: HttpRequest, exception: Exception) -> None:  # type: ignore[override]
+        super().process_exception(request, exception)

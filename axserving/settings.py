@@ -64,6 +64,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # django-prometheus' pair, without its per-request thread hops (axserving/middleware.py).
+    "axserving.middleware.PrometheusBeforeMiddleware",
     "axserving.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -72,6 +74,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axserving.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "axserving.urls"
@@ -166,6 +169,9 @@ AXS_MODEL_DIRS = env.list("AXS_MODEL_DIRS", default=[str(BASE_DIR / "var" / "mod
 # A node's own limits for placement: 0 = none (free memory still applies).
 AXS_NODE_MAX_MODELS = env.int("AXS_NODE_MAX_MODELS", default=0)
 AXS_NODE_MEMORY_BUDGET = env.int("AXS_NODE_MEMORY_BUDGET", default=0)
+
+# GET /metrics asks for a bearer key with the `metrics` (or `admin`) scope when set.
+AXS_METRICS_REQUIRE_KEY = env.bool("AXS_METRICS_REQUIRE_KEY", default=False)
 
 LOGGING = {
     "version": 1,

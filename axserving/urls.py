@@ -4,9 +4,10 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
-from django.views.decorators.csrf import csrf_exempt
 from django.urls import include, path
+from django.views.decorators.csrf import csrf_exempt
 
+from fleet import operations
 from fleet import views as fleet
 from fleet.views import health
 from inference import views as inference
@@ -27,6 +28,12 @@ def by_method(default: Callable[..., Any], **handlers: Callable[..., Any]) -> Ca
 
 urlpatterns = [
     path("health", health, name="health"),
+    path("metrics", operations.prometheus_metrics, name="prometheus-django-metrics"),
+    path("dashboard", operations.dashboard, name="dashboard"),
+    path("v1/metrics", operations.MetricsView.as_view(), name="metrics-json"),
+    path("v1/admin/status", operations.AdminStatusView.as_view(), name="admin-status"),
+    path("v1/admin/diagnostics", operations.AdminDiagnosticsView.as_view(), name="admin-diagnostics"),
+    path("v1/admin/startup-report", operations.AdminStartupReportView.as_view(), name="admin-startup-report"),
     path("v1/chat/completions", inference.chat_completions, name="chat-completions"),
     path("v1/completions", inference.completions, name="completions"),
     path("v1/embeddings", inference.embeddings, name="embeddings"),
@@ -50,7 +57,6 @@ urlpatterns = [
     path("internal/nodes/<int:node_id>/deregister", fleet.NodeDeregisterView.as_view(), name="node-deregister"),
     path("v1/admin/", include("axserving.access.urls")),
     path("admin/", admin.site.urls),
-    path("", include("django_prometheus.urls")),
 ]
 
 handler400 = "axserving.errors.handler400"

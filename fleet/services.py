@@ -10,7 +10,7 @@ from audit.services import record_event
 from models_registry import selectors as registry_selectors
 from models_registry.models import Deployment, RegisteredModel
 
-from . import hot
+from . import events, hot
 from .errors import NodeBusy, NodeNotFound
 from .models import Node
 
@@ -50,6 +50,7 @@ def register_node(
         target=f"node:{node.pk}",
         data={"address": address, "models": sorted(m.name for m in wanted.values()), "new": created},
     )
+    transaction.on_commit(lambda: events.publish_node_status(node_id=node.pk))
     return node, list(wanted.values())
 
 
@@ -86,6 +87,7 @@ def heartbeat_node(
             deployment.updated_at = node.last_heartbeat
             deployment.save(update_fields=list(dict.fromkeys(fields + ["updated_at"])))
     transaction.on_commit(lambda: hot.put_telemetry(node.name, telemetry, ttl=settings.AXS_NODE_OFFLINE_AFTER))
+    transaction.on_commit(lambda: events.publish_node_status(node_id=node.pk))
     return node
 
 
@@ -97,6 +99,7 @@ def deregister_node(*, node_id: int) -> None:
     node.save(update_fields=["status"])
     Deployment.objects.filter(node=node).update(state=Deployment.State.UNLOADED, updated_at=timezone.now())
     record_event(actor=f"node:{node.name}", action="node.deregistered", target=f"node:{node.pk}")
+    transaction.on_commit(lambda: events.publish_node_status(node_id=node.pk))
 
 
 @transaction.atomic
@@ -128,6 +131,7 @@ def remove_node(*, node_id: int, actor: str, force: bool = False) -> None:
     if node.inflight and not force and node.last_heartbeat > timezone.now() - timedelta(seconds=settings.AXS_NODE_OFFLINE_AFTER):
         raise NodeBusy()
     record_event(actor=actor, action="node.removed", target=f"node:{node.pk}", data={"name": node.name, "forced": force})
+    transaction.on_commit(lambda: events.publish_node_removed(node_id=node_id))
     node.delete()
 
 

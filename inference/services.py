@@ -1,5 +1,6 @@
 """The inference hot path: route a validated request to a node and relay its answer."""
 
+import asyncio
 import logging
 import re
 import time
@@ -9,9 +10,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 
-from axserving.errors import ServiceUnavailable
+from axserving import metrics
+from axserving.errors import ApiError, ServiceUnavailable
 from axserving.lifecycle import gateway
 from fleet import dispatch
 from fleet.selectors import ModelView
@@ -35,9 +37,28 @@ class Outcome:
     node: str
     status: int
     usage: dict[str, int] | None
+    endpoint: str = ""
 
 
 OnComplete = Callable[[Outcome], None]
+
+
+def _endpoint_of(outcome: Outcome | None) -> str:
+    return outcome.endpoint if outcome is not None and outcome.endpoint else metrics.UNKNOWN
+
+
+def _accounting(request: Any, endpoint: str, started: float, on_complete: OnComplete | None) -> OnComplete:
+    """Wrap the caller's hook so every outcome also lands in the latency and token metrics."""
+    project = metrics.project_of(getattr(request, "api_key", None))
+
+    def complete(outcome: Outcome) -> None:
+        metrics.record_completion(
+            endpoint=endpoint, model=outcome.model, project=project, seconds=time.perf_counter() - started, usage=outcome.usage
+        )
+        if on_complete is not None:
+            on_complete(outcome)
+
+    return complete
 
 
 def _usage_in(data: bytes) -> dict[str, int] | None:
@@ -84,21 +105,33 @@ async def _relay(
     outcome: Outcome | None = None,
     on_complete: OnComplete | None = None,
     flight: Flight | None = None,
+    started: float | None = None,
 ) -> AsyncIterator[bytes]:
-    """Pass the node's SSE bytes through; end with an error event if the node stops mid-way."""
+    """Pass the node's SSE bytes through; end with an error event if the node stops mid-way.
+
+    SSE and WebSocket clients both read this one relay; `started` (perf_counter at arrival)
+    turns the first chunk into the time-to-first-token observation.
+    """
     tail = b""
     node_failed = False
+    first = started is not None
+    model = outcome.model if outcome is not None else metrics.UNKNOWN
     try:
         async for chunk in response.content.iter_any():
+            if first:
+                first = False
+                metrics.record_ttft(model=model, seconds=time.perf_counter() - started)  # type: ignore[operator]
             tail = (tail + chunk)[-1024:]  # holds the usage comment and [DONE] at the end
             yield chunk
         if not tail.endswith(_DONE):
             node_failed = True
             logger.warning("Node stream ended early", extra={"request_id": request_id})
+            metrics.record_stream_failure(model=model, reason="node_stream_ended", endpoint=_endpoint_of(outcome))
             yield _stream_error("The node ended the stream early.", "node_stream_ended")
     except (aiohttp.ClientError, TimeoutError) as exc:
         node_failed = True
         logger.warning("Node stream failed: %s", exc, extra={"request_id": request_id})
+        metrics.record_stream_failure(model=model, reason="node_stream_failed", endpoint=_endpoint_of(outcome))
         yield _stream_error("The node stopped answering mid-stream.", "node_stream_failed")
     finally:
         # close(), not release(): an unfinished stream must drop the connection so the node cancels.
@@ -132,17 +165,26 @@ def _affinity_key(payload: dict[str, Any], key_id: int) -> str:
 async def aforward(
     *, request: Any, endpoint: str, payload: dict[str, Any], stream: bool, on_complete: OnComplete | None = None
 ) -> HttpResponse:
-    """Admit, pick a ready node for payload['model'], forward and relay (retry once on another node before the first byte)."""
+    """Admit, pick a ready node for payload['model'], forward and relay (retry once on another node before the first byte).
+
+    `request` is an HttpRequest or the WebSocket consumer's per-request context: anything with
+    `api_key` and `request_id`. Records the serving metrics (in-process only).
+    """
+    started = getattr(request, "axs_started", None) or time.perf_counter()
     if gateway.draining:
         raise ServiceUnavailable("This gateway is shutting down.", code="gateway_draining", headers={"Retry-After": "1"})
     view = await dispatch.aget_model_view(str(payload["model"]))
+    request.axs_model = view.name  # the metrics label: canonical, so bounded by the registry
     if not view.routes:
         raise dispatch.no_node(view)
     gate = admission.gate(view.name)
+    queued = time.perf_counter()
     await gate.acquire(sum(r.slots for r in view.routes))
+    metrics.record_admission_wait(model=view.name, seconds=time.perf_counter() - queued)
     flight = Flight(gate)
+    on_complete = _accounting(request, endpoint, started, on_complete)
     try:
-        return await _forward(request, endpoint, payload, stream, on_complete, view, flight)
+        return await _forward(request, endpoint, payload, stream, on_complete, view, flight, started)
     except BaseException:
         flight.end(ok=False)
         raise
@@ -153,15 +195,16 @@ async def _forward(
     endpoint: str,
     payload: dict[str, Any],
     stream: bool,
-    on_complete: OnComplete | None,
+    on_complete: OnComplete,
     view: ModelView,
     flight: Flight,
+    started: float,
 ) -> HttpResponse:
     payload["model"] = view.name
     body = orjson.dumps(payload)
     affinity = _affinity_key(payload, request.api_key.id) if dispatch.policy_for(view.name) == "model_affinity" else ""
     tried: set[str] = set()
-    started = time.perf_counter()
+    sent = time.perf_counter()  # node time counts from here: admission waits stay in the overhead figure
     last_error: str = ""
     for _ in range(_ATTEMPTS):
         try:
@@ -177,16 +220,18 @@ async def _forward(
         except (aiohttp.ClientError, TimeoutError) as exc:
             logger.warning("Node %s unreachable: %s", route.node, exc, extra={"request_id": request.request_id})
             last_error = f"node {route.node} unreachable"
+            metrics.record_retry(model=view.name, reason="unreachable")
             continue
         if response.status >= 500 or (response.status == 429 and len(tried) < _ATTEMPTS):
             await response.read()
             response.release()
             last_error = f"node {route.node} answered {response.status}"
+            metrics.record_retry(model=view.name, reason="busy" if response.status == 429 else "server_error")
             continue
         if stream and response.status == 200:
-            request.node_seconds = time.perf_counter() - started
-            outcome = Outcome(model=view.name, node=route.node, status=200, usage=None)
-            relay = _relay(response, request.request_id, outcome, on_complete, flight)
+            request.node_seconds = time.perf_counter() - sent
+            outcome = Outcome(model=view.name, node=route.node, status=200, usage=None, endpoint=endpoint)
+            relay = _relay(response, request.request_id, outcome, on_complete, flight, started)
             out = StreamingHttpResponse(relay, content_type="text/event-stream")
             out["Cache-Control"] = "no-cache"
             out["X-Accel-Buffering"] = "no"
@@ -196,12 +241,29 @@ async def _forward(
             data = await response.read()
         finally:
             response.release()
-        request.node_seconds = time.perf_counter() - started
+        request.node_seconds = time.perf_counter() - sent
         flight.end(ok=True)
-        if on_complete is not None:
-            usage = orjson.loads(data).get("usage") if response.status == 200 else None
-            on_complete(Outcome(model=view.name, node=route.node, status=response.status, usage=usage))
+        usage = orjson.loads(data).get("usage") if response.status == 200 else None
+        on_complete(Outcome(model=view.name, node=route.node, status=response.status, usage=usage, endpoint=endpoint))
         return _plain(response, data, route.node)
     raise ServiceUnavailable(
         f"No node could serve '{view.name}' ({last_error}).", code="node_unavailable", headers={"Retry-After": "5"}
     )
+
+
+async def agoverned_forward(request: Any, endpoint: str, payload: dict[str, Any], stream: bool) -> HttpResponseBase:
+    """Policy and quota admission (governance), then forward; the ticket settles usage when the answer ends."""
+    from axserving.access import gate
+
+    ticket = await gate.aadmit(request=request, endpoint=endpoint, payload=payload)
+    try:
+        return await aforward(request=request, endpoint=endpoint, payload=payload, stream=stream, on_complete=ticket.on_complete)
+    except ApiError as exc:
+        ticket.release(exc.status)
+        raise
+    except asyncio.CancelledError:
+        ticket.release(499)  # the client went away before the node answered
+        raise
+    except BaseException:
+        ticket.release(500)
+        raise

@@ -1,6 +1,5 @@
 """OpenAI endpoints: async views on the hot path (no ORM, no thread hop per request)."""
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -65,52 +64,34 @@ def parse(request: HttpRequest, schema: type[BaseModel]) -> dict[str, Any]:
     return schemas.validate(schema, body)
 
 
-async def governed_forward(request: HttpRequest, endpoint: str, payload: dict[str, Any], stream: bool) -> HttpResponse:
-    """Policy and quota admission, then forward; the ticket settles usage when the answer ends."""
-    ticket = await gate.aadmit(request=request, endpoint=endpoint, payload=payload)
-    try:
-        return await services.aforward(
-            request=request, endpoint=endpoint, payload=payload, stream=stream, on_complete=ticket.on_complete
-        )
-    except ApiError as exc:
-        ticket.release(exc.status)
-        raise
-    except asyncio.CancelledError:
-        ticket.release(499)  # the client went away before the node answered
-        raise
-    except BaseException:
-        ticket.release(500)
-        raise
-
-
 @openai_endpoint("POST")
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     payload = parse(request, schemas.ChatCompletionRequest)
-    return await governed_forward(request, "chat/completions", payload, stream=payload["stream"])
+    return await services.agoverned_forward(request, "chat/completions", payload, stream=payload["stream"])
 
 
 @openai_endpoint("POST")
 async def completions(request: HttpRequest) -> HttpResponse:
     payload = parse(request, schemas.CompletionRequest)
-    return await governed_forward(request, "completions", payload, stream=payload["stream"])
+    return await services.agoverned_forward(request, "completions", payload, stream=payload["stream"])
 
 
 @openai_endpoint("POST")
 async def embeddings(request: HttpRequest) -> HttpResponse:
     payload = parse(request, schemas.EmbeddingRequest)
-    return await governed_forward(request, "embeddings", payload, stream=False)
+    return await services.agoverned_forward(request, "embeddings", payload, stream=False)
 
 
 @openai_endpoint("POST")
 async def tokenize(request: HttpRequest) -> HttpResponse:
     payload = parse(request, schemas.TokenizeRequest)
-    return await governed_forward(request, "tokenize", payload, stream=False)
+    return await services.agoverned_forward(request, "tokenize", payload, stream=False)
 
 
 @openai_endpoint("POST")
 async def detokenize(request: HttpRequest) -> HttpResponse:
     payload = parse(request, schemas.DetokenizeRequest)
-    return await governed_forward(request, "detokenize", payload, stream=False)
+    return await services.agoverned_forward(request, "detokenize", payload, stream=False)
 
 
 def _model_json(view: ModelView) -> dict[str, Any]:
