@@ -134,3 +134,15 @@ def openai_client(server: Server, api_key: str):  # type: ignore[no-untyped-def]
 def http(server: Server, api_key: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=120) as client:
         yield client
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _forget_buffered_logs():
+    """Drop what in-process tests left in the usage/audit buffers: the interpreter's exit flush would
+    write it to the development database (or spool it for `make serve` to replay) after the test
+    database is gone."""
+    yield
+    from audit import buffer
+
+    for writer in buffer._writers:
+        writer._items.clear()

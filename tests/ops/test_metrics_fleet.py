@@ -5,15 +5,16 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fleet.test_fleet_e2e import CHAT, Fleet, _up
+from tests.processes import CHAT, Fleet, up as _up
 
 
 @pytest.fixture(scope="module")
 def fleet():
-    f = Fleet()
+    f = Fleet(prefix="metrics", redis_offset=4)
     try:
         f.manage("bootstrap")
-        f.key = f.manage("keys", "create", "metrics-ops", "--scope", "inference", "--scope", "admin").strip()
+        f.manage("keys", "project", "metrics-team")
+        f.key = f.manage("keys", "create", "metrics-ops", "--project", "metrics-team", "--scope", "inference", "--scope", "admin").strip()
         f.start_gateway("gw-a")
         f.start_gateway("gw-b")
         for gw in f.gateways:
@@ -70,7 +71,7 @@ def test_each_gateway_counts_its_own_traffic_and_both_see_the_same_node(fleet):
     assert total(a, "axs_time_to_first_token_seconds_count") == 0
     assert total(a, "axs_gateway_overhead_seconds_count") == 3
     assert total(a, "axs_admission_wait_seconds_count") == 3
-    assert total(a, "axs_requests_total", project="metrics-ops") == 3
+    assert total(a, "axs_requests_total", project="metrics-team") == 3
     # and both describe the same fleet, read from the shared registry
     for samples in (a, b):
         assert total(samples, "axs_node_up", node="metrics-n1") == 1

@@ -169,7 +169,7 @@ async def test_a_second_request_while_one_runs_is_refused_without_disturbing_it(
 async def test_socket_requests_are_counted_in_the_serving_metrics(setup):
     _, key = setup
     before = metrics.REGISTRY.get_sample_value(
-        "axs_requests_total", {"endpoint": "realtime/chat/completions", "model": "stubmodel", "project": "ops-test", "status": "200"}
+        "axs_requests_total", {"endpoint": "realtime/chat/completions", "model": "stubmodel", "project": "default", "status": "200"}
     ) or 0
     ws = await connect(key)
 
@@ -178,7 +178,7 @@ async def test_socket_requests_are_counted_in_the_serving_metrics(setup):
     await ws.disconnect()
 
     after = metrics.REGISTRY.get_sample_value(
-        "axs_requests_total", {"endpoint": "realtime/chat/completions", "model": "stubmodel", "project": "ops-test", "status": "200"}
+        "axs_requests_total", {"endpoint": "realtime/chat/completions", "model": "stubmodel", "project": "default", "status": "200"}
     )
     assert after == before + 1
     assert orjson.loads(orjson.dumps(metrics.snapshot()))["tokens"]["completion"] >= 3
