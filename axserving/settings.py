@@ -134,6 +134,8 @@ AXS_STREAM_IDLE_TIMEOUT = env.float("AXS_STREAM_IDLE_TIMEOUT", default=120.0)
 AXS_DEFAULT_N_CTX = env.int("AXS_DEFAULT_N_CTX", default=2048)
 AXS_NODE_QUEUE_DEPTH = env.int("AXS_NODE_QUEUE_DEPTH", default=64)
 AXS_N_THREADS = env.int("AXS_N_THREADS", default=0)
+# Sequences a node decodes together per model (continuous batching); 0 = a few per core.
+AXS_NODE_SLOTS = env.int("AXS_NODE_SLOTS", default=0)
 
 LOGGING = {
     "version": 1,
