@@ -38,9 +38,9 @@ from llama_cpp.llama_grammar import LlamaGrammar
 logger = logging.getLogger(__name__)
 
 PENALTY_LAST_N = 64
-# Prefill granularity and the unit of prefix reuse. Small enough that one chunk barely delays
-# the generating sequences, large enough that prefill stays efficient.
-PREFILL_CHUNK = 64
+# Prefill granularity and the unit of prefix reuse. On CPUs a prompt token costs about the same
+# in a chunk of 16 as of 512, so a small chunk loses little speed and lets short prompts reuse.
+PREFILL_CHUNK = 16
 # Prompt tokens prefilled per step, across waiting sequences, between two decode steps.
 PREFILL_BUDGET = 256
 MAX_TOP_LOGPROBS = 20
@@ -108,9 +108,15 @@ def _stop_holdback(text: str, stops: list[str]) -> int:
     return hold
 
 
-def default_slots() -> int:
-    """Sequence slots per model when not configured: a few per core, within what batches well."""
-    return min(16, max(4, 4 * (os.cpu_count() or 1)))
+def default_slots(model: internals.LlamaModel, n_ctx: int) -> int:
+    """Sequence slots when not configured: up to 8 per core (16 at most, where batching stops
+    paying on CPUs), as many as fit a KV cache the size of the weights (1 GiB at least)."""
+    m = model.model
+    n_head = max(1, llama_cpp.llama_model_n_head(m))
+    kv_per_token = 2 * llama_cpp.llama_model_n_layer(m) * (llama_cpp.llama_model_n_embd(m) // n_head) * llama_cpp.llama_model_n_head_kv(m) * 2
+    budget = max(1 << 30, llama_cpp.llama_model_size(m))
+    fit = budget // max(1, kv_per_token * n_ctx)
+    return int(max(1, min(16, 8 * (os.cpu_count() or 1), fit)))
 
 
 class Generator:
@@ -208,7 +214,10 @@ class Job:
         self._cancelled = threading.Event()
 
     def emit(self, event: Any) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody is waiting for this request any more
+            pass
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -219,6 +228,11 @@ class Job:
 
 _DONE = object()
 DONE = _DONE
+
+
+def _deliver(items: list[tuple[asyncio.Queue[Any], Any]]) -> None:
+    for events, event in items:
+        events.put_nowait(event)
 
 
 class Sequence:
@@ -297,6 +311,11 @@ class Engine:
         self.active: list[Sequence] = []
         self.waiting: deque[Sequence] = deque()
         self.reused_tokens = 0  # prompt tokens served from a slot's cache instead of prefilled
+        # Events of one step go to each loop in one call: a wake-up per token would keep the loop
+        # thread holding the GIL just when this thread returns from a llama.cpp call and needs it.
+        self._outbox: list[tuple[Job, Any]] = []
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
@@ -351,12 +370,28 @@ class Engine:
                 llama_cpp.llama_memory_clear(self.memory, True)
                 for slot in self.slots:
                     slot.cached = []
+            self._flush()
         error = EngineError("The model was unloaded.", status=503, code="model_unloading")
         with self._cond:
             leftovers = [*self.active, *self.waiting]
             self.waiting.clear()
         for seq in leftovers:
             self._fail(seq, error)
+        self._flush()
+
+    def _emit(self, job: Job, event: Any) -> None:
+        self._outbox.append((job, event))
+
+    def _flush(self) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
+        for job, event in self._outbox:
+            by_loop.setdefault(job.loop, []).append((job.events, event))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the loop is closed: nobody is waiting for these requests any more
+                pass
 
     def _admit(self) -> None:
         """Move waiting sequences into free slots (called with the lock held)."""
@@ -387,7 +422,7 @@ class Engine:
             seq.n_past = keep
             self.active.append(seq)
             if seq.prefix:
-                seq.job.emit((seq.index, Delta(seq.prefix)))
+                self._emit(seq.job, (seq.index, Delta(seq.prefix)))
 
     def _step(self) -> None:
         for seq in list(self.active):
@@ -396,10 +431,12 @@ class Engine:
         generating = [seq for seq in self.active if seq.pending is not None]
         if generating:
             self._decode_step(generating)
+            self._flush()
         budget = PREFILL_BUDGET
         for seq in [seq for seq in self.active if seq.pending is None and seq.slot is not None]:
             while budget > 0 and seq.slot is not None and seq.pending is None:
                 budget -= self._prefill_chunk(seq)
+                self._flush()
             if budget <= 0:
                 break
 
@@ -448,13 +485,12 @@ class Engine:
 
     def _sample(self, seq: Sequence, idx: int) -> None:
         """Draw the sequence's next token from batch row `idx`; emit its text, or finish it."""
-        gen = self.generator
         token = seq.sampler.sample(self.ctx, idx)
-        if gen.is_eog(token):
+        if self._is_eog(token):
             self._finish(seq, "stop")
             return
         seq.count += 1
-        piece = gen.piece(token)
+        piece = self._piece(token)
         if seq.params.logprobs is not None:
             seq.logprobs.append((len(seq.text), self._logprob(token, piece, idx, seq.params.logprobs)))
         seq.text += seq.decoder.decode(piece)
@@ -472,6 +508,18 @@ class Engine:
         else:
             seq.pending = token
 
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.generator.piece(token)
+        return piece
+
+    def _is_eog(self, token: int) -> bool:
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = self.generator.is_eog(token)
+        return eog
+
     def _logprob(self, token: int, piece: bytes, idx: int, top: int) -> TokenLogprob:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx.ctx, idx), shape=(self.generator.n_vocab,))
         logits = logits.astype(np.float64)
@@ -481,7 +529,7 @@ class Engine:
         if top > 0:
             best = np.argpartition(-logits, top)[:top]
             for t in best[np.argsort(-logits[best])]:
-                raw = self.generator.piece(int(t))
+                raw = self._piece(int(t))
                 alternatives.append((raw.decode("utf-8", errors="replace"), list(raw), float(logits[t] - logz)))
         return TokenLogprob(piece.decode("utf-8", errors="replace"), list(piece), float(logits[token] - logz), alternatives)
 
@@ -490,7 +538,7 @@ class Engine:
         if seq.params.logprobs is not None:
             entries = [entry for _, entry in seq.logprobs]
             seq.logprobs.clear()
-        seq.job.emit((seq.index, Delta(seq.text[seq.sent : end], entries)))
+        self._emit(seq.job, (seq.index, Delta(seq.text[seq.sent : end], entries)))
         seq.sent = end
 
     def _finish(self, seq: Sequence, reason: str, *, cut: bool = False) -> None:
@@ -503,14 +551,14 @@ class Engine:
             if len(seq.text) > seq.sent or seq.logprobs:
                 self._emit_text(seq, len(seq.text))
             if seq.suffix:
-                seq.job.emit((seq.index, Delta(seq.suffix)))
-        seq.job.emit((seq.index, Finished(reason=reason, completion_tokens=seq.count)))
+                self._emit(seq.job, (seq.index, Delta(seq.suffix)))
+        self._emit(seq.job, (seq.index, Finished(reason=reason, completion_tokens=seq.count)))
         self._release(seq)
 
     def _fail(self, seq: Sequence, error: EngineError) -> None:
         if not seq.job.failed:
             seq.job.failed = True
-            seq.job.emit(error)
+            self._emit(seq.job, error)
         self._release(seq)
 
     def _release(self, seq: Sequence) -> None:
@@ -523,7 +571,7 @@ class Engine:
         seq.sampler.close()
         seq.job.remaining -= 1
         if seq.job.remaining == 0:
-            seq.job.emit(_DONE)
+            self._emit(seq.job, _DONE)
 
 
 @dataclass(slots=True)
@@ -559,12 +607,13 @@ class ModelWorker:
     def queued(self) -> int:
         return (len(self.engine.waiting) if self.engine else 0) + self._side.qsize()
 
-    def _slots(self) -> int:
+    def _slots(self, model: internals.LlamaModel) -> int:
         if self.spec.slots:
             return self.spec.slots
         from django.conf import settings
 
-        return int(getattr(settings, "AXS_NODE_SLOTS", 0) or 0) or default_slots()
+        configured = int(getattr(settings, "AXS_NODE_SLOTS", 0) or 0) if settings.configured else 0
+        return configured or default_slots(model, self.spec.n_ctx)
 
     def load(self) -> None:
         """Load the weights (and a mean-pooling twin for embeddings), warm up, start the threads."""
@@ -576,7 +625,7 @@ class ModelWorker:
             path_model=str(self.spec.path), params=llama_cpp.llama_model_default_params(), verbose=False
         )
         self.generator = Generator(self.model, n_ctx=self.spec.n_ctx)
-        slots = self._slots()
+        slots = self._slots(self.model)
         self.engine = Engine(
             self.generator, name=self.spec.name, slots=slots, n_ctx=self.spec.n_ctx, n_threads=n_threads, queue_depth=self.queue_depth
         )

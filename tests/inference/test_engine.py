@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from inference.node.engine import (
     QueueFull,
     SamplingParams,
     _stop_holdback,
+    default_slots,
 )
 from models_registry.services import bundled_model_path
 
@@ -246,3 +248,8 @@ async def test_prompt_over_context_is_refused(worker):
 async def _until_done(job: Job):
     while (event := await job.events.get()) is not DONE:
         yield event
+
+
+def test_default_slots_follow_cores_and_fit_the_kv_cache_in_memory(worker):
+    assert default_slots(worker.model, 2048) == min(16, 8 * (os.cpu_count() or 1))
+    assert default_slots(worker.model, 1 << 20) == 1  # a million-token context: one slot fits

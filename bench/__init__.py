@@ -1,0 +1,1 @@
+"""Benchmarks that compare axserving side by side with reference servers (`python -m bench --help`)."""
