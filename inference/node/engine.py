@@ -15,6 +15,7 @@ prefill would compute: greedy output does not depend on load, and a seed reprodu
 
 import asyncio
 import codecs
+import ctypes
 import logging
 import os
 import queue
@@ -44,6 +45,8 @@ PREFILL_CHUNK = 16
 # Prompt tokens prefilled per step, across waiting sequences, between two decode steps.
 PREFILL_BUDGET = 256
 MAX_TOP_LOGPROBS = 20
+# Prompt tokens worth prefilling again rather than decoding in one more ubatch every step.
+RUN_COST = 128
 
 
 class EngineError(Exception):
@@ -174,31 +177,33 @@ class Generator:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
     def sampler(self, params: SamplingParams, *, seed: int | None = None) -> internals.LlamaSampler:
-        """Build the request's llama.cpp sampler chain (bias, penalties, grammar, then the draw)."""
+        """Build the request's llama.cpp sampler chain (bias, penalties, then the draw)."""
         sampler = internals.LlamaSampler()
+        if params.logit_bias:
+            sampler.add_logit_bias(self.n_vocab, params.logit_bias)
+        sampler.add_penalties(
+            self.n_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
+        )
+        if params.temperature == 0:
+            sampler.add_greedy()
+        else:
+            sampler.add_top_k(params.top_k if params.top_k > 0 else self.n_vocab)
+            sampler.add_top_p(params.top_p, 1)
+            sampler.add_min_p(params.min_p, 1)
+            sampler.add_temp(params.temperature)
+            sampler.add_dist(seed if seed is not None else random.getrandbits(32))
+        return sampler
+
+    def grammar(self, params: SamplingParams) -> internals.LlamaSampler | None:
+        """The request's grammar as a sampler of its own, kept out of the chain (see Engine._draw)."""
+        if not params.grammar:
+            return None
         try:
-            if params.logit_bias:
-                sampler.add_logit_bias(self.n_vocab, params.logit_bias)
-            sampler.add_penalties(
-                self.n_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
-            )
-            if params.grammar:
-                try:
-                    grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
-                except Exception as exc:
-                    raise EngineError(f"Invalid grammar: {exc}", param="response_format") from exc
-                sampler.add_grammar(self.model, grammar)
-            if params.temperature == 0:
-                sampler.add_greedy()
-            else:
-                sampler.add_top_k(params.top_k if params.top_k > 0 else self.n_vocab)
-                sampler.add_top_p(params.top_p, 1)
-                sampler.add_min_p(params.min_p, 1)
-                sampler.add_temp(params.temperature)
-                sampler.add_dist(seed if seed is not None else random.getrandbits(32))
-        except BaseException:
-            sampler.close()
-            raise
+            grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
+        except Exception as exc:
+            raise EngineError(f"Invalid grammar: {exc}", param="response_format") from exc
+        sampler = internals.LlamaSampler()
+        sampler.add_grammar(self.model, grammar)
         return sampler
 
 
@@ -246,6 +251,7 @@ class Sequence:
         prompt: list[int],
         params: SamplingParams,
         sampler: internals.LlamaSampler,
+        grammar: internals.LlamaSampler | None = None,
         max_tokens: int,
         prefix: str = "",
         suffix: str = "",
@@ -255,6 +261,7 @@ class Sequence:
         self.prompt = prompt
         self.params = params
         self.sampler = sampler
+        self.grammar = grammar
         self.max_tokens = max_tokens
         self.prefix = prefix
         self.suffix = suffix
@@ -315,6 +322,8 @@ class Engine:
         # thread holding the GIL just when this thread returns from a llama.cpp call and needs it.
         self._outbox: list[tuple[Job, Any]] = []
         self._pieces: dict[int, bytes] = {}
+        self._candidates = internals.LlamaTokenDataArray(n_vocab=generator.n_vocab)
+        self._one = internals.LlamaTokenDataArray(n_vocab=1)
         self._eog: dict[int, bool] = {}
         self._cond = threading.Condition()
         self._stopping = False
@@ -343,6 +352,8 @@ class Engine:
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            self.close()  # the KV cache is the node's largest allocation
 
     def close(self) -> None:
         if self.batch is not None:
@@ -403,15 +414,7 @@ class Engine:
             if seq.job.cancelled():
                 self._finish(seq, "cancelled")
                 continue
-            # Reuse the longest cached prefix, cut to a chunk boundary and short of the last prompt
-            # token (its logits are needed); otherwise take the lowest free slot, since llama.cpp
-            # decodes runs of consecutive sequence ids in one ubatch.
-            best, keep = free[0], 0
-            for slot in free:
-                shared = min(_shared_prefix(slot.cached, seq.prompt), len(seq.prompt) - 1)
-                aligned = shared // PREFILL_CHUNK * PREFILL_CHUNK
-                if aligned > keep:
-                    best, keep = slot, aligned
+            best, keep = self._pick_slot(seq, free)
             if not llama_cpp.llama_memory_seq_rm(self.memory, best.id, keep, -1):
                 llama_cpp.llama_memory_seq_rm(self.memory, best.id, -1, -1)
                 keep = 0
@@ -424,11 +427,30 @@ class Engine:
             if seq.prefix:
                 self._emit(seq.job, (seq.index, Delta(seq.prefix)))
 
+    def _pick_slot(self, seq: Sequence, free: list[Slot]) -> tuple[Slot, int]:
+        """The free slot that costs least: prompt tokens left to prefill, plus a penalty for each
+        extra run of consecutive busy slots, since llama.cpp decodes each run as its own ubatch
+        (~one token's cost per step for the request's whole life). Returns it with the number
+        of cached prompt tokens it keeps: a chunk-aligned shared prefix, short of the last token
+        (its logits are needed)."""
+        busy = {slot.id for slot in self.slots if slot.seq is not None}
+        best, best_keep, best_cost = free[0], 0, None
+        for slot in free:
+            shared = min(_shared_prefix(slot.cached, seq.prompt), len(seq.prompt) - 1)
+            keep = shared // PREFILL_CHUNK * PREFILL_CHUNK
+            neighbours = (slot.id - 1 in busy) + (slot.id + 1 in busy)
+            runs_added = (1 - neighbours) if busy else 0
+            cost = len(seq.prompt) - keep + RUN_COST * runs_added
+            if best_cost is None or cost < best_cost:
+                best, best_keep, best_cost = slot, keep, cost
+        return best, best_keep
+
     def _step(self) -> None:
         for seq in list(self.active):
             if seq.job.cancelled():
                 self._finish(seq, "cancelled")
-        generating = [seq for seq in self.active if seq.pending is not None]
+        # In slot order: llama.cpp only joins consecutive sequence ids into one ubatch.
+        generating = sorted((seq for seq in self.active if seq.pending is not None), key=lambda seq: seq.slot.id)  # type: ignore[union-attr]
         if generating:
             self._decode_step(generating)
             self._flush()
@@ -485,7 +507,7 @@ class Engine:
 
     def _sample(self, seq: Sequence, idx: int) -> None:
         """Draw the sequence's next token from batch row `idx`; emit its text, or finish it."""
-        token = seq.sampler.sample(self.ctx, idx)
+        token = self._draw(seq, idx)
         if self._is_eog(token):
             self._finish(seq, "stop")
             return
@@ -507,6 +529,31 @@ class Engine:
             self._finish(seq, "length")
         else:
             seq.pending = token
+
+    def _draw(self, seq: Sequence, idx: int) -> int:
+        """Sample batch row `idx` with the sequence's chain, within its grammar if it has one."""
+        if seq.grammar is None:
+            return seq.sampler.sample(self.ctx, idx)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx.ctx, idx), shape=(self.generator.n_vocab,))
+        cands = self._candidates
+        cands.copy_logits(logits)
+        llama_cpp.llama_sampler_apply(seq.sampler.sampler, ctypes.byref(cands.candidates))
+        token = int(cands.candidates_data.id[cands.candidates.selected])
+        # Applying a grammar to the whole vocabulary costs more than a decode step, and would slow
+        # every sequence in the batch: check the unconstrained pick alone first, as llama.cpp's
+        # own samplers do, and constrain the full distribution only when the pick is rejected.
+        one = self._one
+        one.candidates_data.id[0], one.candidates_data.logit[0], one.candidates_data.p[0] = token, 1.0, 0.0
+        one.candidates.size, one.candidates.selected, one.candidates.sorted = 1, -1, False
+        llama_cpp.llama_sampler_apply(seq.grammar.sampler, ctypes.byref(one.candidates))
+        if not np.isfinite(one.candidates_data.logit[0]):
+            cands.copy_logits(logits)
+            llama_cpp.llama_sampler_apply(seq.grammar.sampler, ctypes.byref(cands.candidates))
+            llama_cpp.llama_sampler_apply(seq.sampler.sampler, ctypes.byref(cands.candidates))
+            token = int(cands.candidates_data.id[cands.candidates.selected])
+        seq.grammar.accept(token)
+        seq.sampler.accept(token)
+        return token
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
@@ -569,6 +616,8 @@ class Engine:
             self.active.remove(seq)
         seq.pending = None
         seq.sampler.close()
+        if seq.grammar is not None:
+            seq.grammar.close()
         seq.job.remaining -= 1
         if seq.job.remaining == 0:
             self._emit(seq.job, _DONE)
@@ -700,6 +749,7 @@ class ModelWorker:
                             prompt=tokens,
                             params=params,
                             sampler=gen.sampler(params, seed=seed),
+                            grammar=gen.grammar(params),
                             max_tokens=max_tokens,
                             prefix=prefix,
                             suffix=suffix,
@@ -709,6 +759,8 @@ class ModelWorker:
         except BaseException:
             for seq in seqs:
                 seq.sampler.close()
+                if seq.grammar is not None:
+                    seq.grammar.close()
             raise
         return job
 

@@ -253,3 +253,16 @@ async def _until_done(job: Job):
 def test_default_slots_follow_cores_and_fit_the_kv_cache_in_memory(worker):
     assert default_slots(worker.model, 2048) == min(16, 8 * (os.cpu_count() or 1))
     assert default_slots(worker.model, 1 << 20) == 1  # a million-token context: one slot fits
+
+
+async def test_a_grammar_request_leaves_the_rest_of_its_batch_unchanged(worker):
+    alone = [(await run(worker, p, max_tokens=16, temperature=0)).text for p in PROMPTS[:4]]
+    prompt = worker.generator.chat_prompt([{"role": "user", "content": "Describe a dog as JSON."}])
+    params = sampling_params({"response_format": {"type": "json_object"}, "max_tokens": 16, "temperature": 0})
+
+    json_job = worker.generate([prompt], params, loop=asyncio.get_running_loop())
+    together = await asyncio.gather(*(run(worker, p, max_tokens=16, temperature=0) for p in PROMPTS[:4]))
+    constrained = (await collect(json_job))[0]
+
+    assert [o.text for o in together] == alone
+    assert constrained.text.lstrip().startswith("{")
