@@ -280,14 +280,14 @@ def revision() -> str:
     return sha + ("+dirty" if dirty else "")
 
 
-def record(args: argparse.Namespace, argv: list[str], model: str, body: str, missed: list[str]) -> None:
+def record(args: argparse.Namespace, argv: list[str], model: str, rev: str, body: str, missed: list[str]) -> None:
     command = ".venv/bin/python -m bench " + shlex.join(argv)
     versions = ", ".join(f"{p} {version(p)}" for p in ("llama-cpp-python", "aiohttp", "uvicorn", "fastapi"))
     entry = [
         f"\n## bench node — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n",
         f"- command: `{command}`",
         f"- machine: {machine()}",
-        f"- versions: axserving {revision()}, Python {platform.python_version()}, {versions}",
+        f"- versions: axserving {rev}, Python {platform.python_version()}, {versions}",
         f"- model: `{Path(model).name}`, {args.threads} threads each, n_ctx {args.n_ctx}, streaming completions, "
         f"max_tokens {args.max_tokens}, temperature 0, {args.requests_per_client} requests per client, "
         f"medians over {args.reps} interleaved reps",
@@ -307,6 +307,7 @@ def record(args: argparse.Namespace, argv: list[str], model: str, body: str, mis
 def run(args: argparse.Namespace, *, argv: list[str]) -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
     model = args.model or bundled_model()
+    rev = revision()  # of the code the servers start with
     results: dict[tuple[str, int], list[Round]] = {}
     total = 2 * args.reps * sum(c * args.requests_per_client for c in levels)
     with servers(args, model) as started, tqdm(total=total, unit="req", desc="bench node") as progress:
@@ -325,6 +326,6 @@ def run(args: argparse.Namespace, *, argv: list[str]) -> int:
     print()
     print("Targets: all met." if not missed else "Targets MISSED:\n  " + "\n  ".join(missed))
     if not args.no_record:
-        record(args, argv, model, body, missed)
+        record(args, argv, model, rev, body, missed)
         print(f"Appended to {DOC.relative_to(ROOT)}")
     return 1 if missed else 0

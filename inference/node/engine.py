@@ -112,8 +112,9 @@ def _stop_holdback(text: str, stops: list[str]) -> int:
 
 
 def default_slots(model: internals.LlamaModel, n_ctx: int) -> int:
-    """Sequence slots when not configured: up to 8 per core (16 at most, where batching stops
-    paying on CPUs), as many as fit a KV cache the size of the weights (1 GiB at least)."""
+    """Sequence slots when not configured, from the cores and the KV cache's size."""
+    # Up to 8 per core and 16 at most (beyond that a CPU step just gets longer), and no more
+    # than fit a KV cache as large as the weights (1 GiB at least): every slot holds n_ctx cells.
     m = model.model
     n_head = max(1, llama_cpp.llama_model_n_head(m))
     kv_per_token = 2 * llama_cpp.llama_model_n_layer(m) * (llama_cpp.llama_model_n_embd(m) // n_head) * llama_cpp.llama_model_n_head_kv(m) * 2
@@ -428,11 +429,11 @@ class Engine:
                 self._emit(seq.job, (seq.index, Delta(seq.prefix)))
 
     def _pick_slot(self, seq: Sequence, free: list[Slot]) -> tuple[Slot, int]:
-        """The free slot that costs least: prompt tokens left to prefill, plus a penalty for each
-        extra run of consecutive busy slots, since llama.cpp decodes each run as its own ubatch
-        (~one token's cost per step for the request's whole life). Returns it with the number
-        of cached prompt tokens it keeps: a chunk-aligned shared prefix, short of the last token
-        (its logits are needed)."""
+        """Pick the cheapest free slot for `seq`; return it and how many cached prompt tokens it keeps."""
+        # Cost: prompt tokens left to prefill, plus RUN_COST for each extra run of consecutive
+        # busy slots, since llama.cpp decodes each run as its own ubatch, every step. The kept
+        # prefix is cut to a chunk boundary and stops short of the last prompt token, whose
+        # logits are needed.
         busy = {slot.id for slot in self.slots if slot.seq is not None}
         best, best_keep, best_cost = free[0], 0, None
         for slot in free:
@@ -725,10 +726,8 @@ class ModelWorker:
         echo: bool = False,
         suffix: str = "",
     ) -> Job:
-        """Queue n choices per prompt on the engine; events arrive as (index, Delta | Finished), then DONE.
-
-        Raises EngineError for a prompt the model cannot take and QueueFull when the queue is full.
-        """
+        """Queue n choices per prompt; the job gets (index, Delta | Finished) events, then DONE."""
+        # Raises EngineError for a prompt the model cannot take, QueueFull when the queue is full.
         gen, engine = self.generator, self.engine
         assert gen is not None and engine is not None
         job = Job(None, loop)

@@ -34,8 +34,8 @@ def sampling_params(body: dict[str, Any]) -> SamplingParams:
 
 
 def _logprobs(body: dict[str, Any]) -> int | None:
-    """How many alternatives per token the request wants, or None: chat says `logprobs: true` and
-    `top_logprobs: k`, legacy completions say `logprobs: k`."""
+    """How many alternatives per token the request wants, or None for no logprobs."""
+    # Chat says `logprobs: true` and `top_logprobs: k`; legacy completions say `logprobs: k`.
     value = body.get("logprobs")
     if value is None or value is False:
         return None
