@@ -407,6 +407,12 @@ class Engine:
 
     def _admit(self) -> None:
         """Move waiting sequences into free slots (called with the lock held)."""
+        if any(seq.job.cancelled() for seq in self.waiting):
+            # Abandoned requests leave the queue now, not when a slot frees, so they stop counting
+            # against its bound.
+            for seq in [seq for seq in self.waiting if seq.job.cancelled()]:
+                self.waiting.remove(seq)
+                self._finish(seq, "cancelled")
         while self.waiting:
             free = [slot for slot in self.slots if slot.seq is None]
             if not free:
