@@ -447,7 +447,8 @@ class Engine:
             keep = shared // PREFILL_CHUNK * PREFILL_CHUNK
             neighbours = (slot.id - 1 in busy) + (slot.id + 1 in busy)
             runs_added = (1 - neighbours) if busy else 0
-            cost = len(seq.prompt) - keep + RUN_COST * runs_added
+            # On a tie, the slot caching least: other slots' prefixes stay for their next turn.
+            cost = (len(seq.prompt) - keep + RUN_COST * runs_added, len(slot.cached))
             if best_cost is None or cost < best_cost:
                 best, best_keep, best_cost = slot, keep, cost
         return best, best_keep

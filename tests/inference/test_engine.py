@@ -266,3 +266,14 @@ async def test_a_grammar_request_leaves_the_rest_of_its_batch_unchanged(worker):
 
     assert [o.text for o in together] == alone
     assert constrained.text.lstrip().startswith("{")
+
+
+async def test_another_conversation_in_between_keeps_the_first_ones_cached_prefix(worker):
+    history = "A long conversation about the rivers of Europe and their bridges. " * 10
+    await run(worker, history + "First question:", max_tokens=4, temperature=0)
+    await run(worker, "An unrelated short request", max_tokens=4, temperature=0)
+    reused_before = worker.engine.reused_tokens
+
+    await run(worker, history + "Second question:", max_tokens=4, temperature=0)
+
+    assert worker.engine.reused_tokens - reused_before >= 64
