@@ -172,6 +172,8 @@ AXS_NODE_MEMORY_BUDGET = env.int("AXS_NODE_MEMORY_BUDGET", default=0)
 
 # GET /metrics asks for a bearer key with the `metrics` (or `admin`) scope when set.
 AXS_METRICS_REQUIRE_KEY = env.bool("AXS_METRICS_REQUIRE_KEY", default=False)
+# Sequences a node decodes together per model (continuous batching); 0 = a few per core.
+AXS_NODE_SLOTS = env.int("AXS_NODE_SLOTS", default=0)
 
 LOGGING = {
     "version": 1,

@@ -1,30 +1,52 @@
-"""Generation on one llama.cpp model: sampling, stop strings, UTF-8 and prompt-prefix reuse.
+"""Continuous-batching generation on one llama.cpp model, plus a side worker for embeddings.
 
-A `ModelWorker` owns its `Llama` objects and is the only thread that touches them; requests
-reach it through a bounded queue and leave as events on the caller's asyncio loop.
+A `ModelWorker` owns one llama.cpp context with N sequence slots and an engine thread that is the
+only one to touch it. Each step decodes the next token of every generating sequence in one
+`llama_decode`, samples each with its own sampler chain, then prefills waiting prompts chunk by
+chunk, so new requests join between steps and a long prompt never stalls the others for long.
+Requests reach it through a bounded queue and leave as events on the caller's asyncio loop.
+
+Determinism: every slot has its own KV stream (`kv_unified = false`), decode steps carry one
+token per sequence, and prompts prefill alone in chunks aligned to multiples of PREFILL_CHUNK
+from position 0. A sequence's logits are then bit-identical whatever else shares the batch, and a
+reused prefix (cut to a chunk boundary inside the previous prompt) holds exactly the KV a fresh
+prefill would compute: greedy output does not depend on load, and a seed reproduces.
 """
 
 import asyncio
 import codecs
+import ctypes
 import logging
+import os
 import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
-from llama_cpp import Llama
+import numpy as np
 from llama_cpp import _internals as internals
+from llama_cpp import Llama
+from llama_cpp._logger import set_verbose
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import LlamaGrammar
 
 logger = logging.getLogger(__name__)
 
 PENALTY_LAST_N = 64
+# Prefill granularity and the unit of prefix reuse. On CPUs a prompt token costs about the same
+# in a chunk of 16 as of 512, so a small chunk loses little speed and lets short prompts reuse.
+PREFILL_CHUNK = 16
+# Prompt tokens prefilled per step, across waiting sequences, between two decode steps.
+PREFILL_BUDGET = 256
+MAX_TOP_LOGPROBS = 20
+# Prompt tokens worth prefilling again rather than decoding in one more ubatch every step.
+RUN_COST = 128
 
 
 class EngineError(Exception):
@@ -55,11 +77,21 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     stop: list[str] = field(default_factory=list)
     grammar: str | None = None  # GBNF text
+    logprobs: int | None = None  # None: off; else how many top alternatives per token
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: str
+    bytes: list[int]
+    logprob: float
+    top: list[tuple[str, list[int], float]]
 
 
 @dataclass(slots=True)
 class Delta:
     text: str
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(slots=True)
@@ -79,22 +111,34 @@ def _stop_holdback(text: str, stops: list[str]) -> int:
     return hold
 
 
-class Generator:
-    """Token generation on one chat Llama. Not thread-safe: used only on its worker thread."""
+def default_slots(model: internals.LlamaModel, n_ctx: int) -> int:
+    """Sequence slots when not configured, from the cores and the KV cache's size."""
+    # Up to 8 per core and 16 at most (beyond that a CPU step just gets longer), and no more
+    # than fit a KV cache as large as the weights (1 GiB at least): every slot holds n_ctx cells.
+    m = model.model
+    n_head = max(1, llama_cpp.llama_model_n_head(m))
+    kv_per_token = 2 * llama_cpp.llama_model_n_layer(m) * (llama_cpp.llama_model_n_embd(m) // n_head) * llama_cpp.llama_model_n_head_kv(m) * 2
+    budget = max(1 << 30, llama_cpp.llama_model_size(m))
+    fit = budget // max(1, kv_per_token * n_ctx)
+    return int(max(1, min(16, 8 * (os.cpu_count() or 1), fit)))
 
-    def __init__(self, llama: Llama):
-        self.llama = llama
-        self.n_ctx = llama.n_ctx()
-        self.n_vocab = llama.n_vocab()
-        self._vocab = llama._model.vocab
-        template = llama.metadata.get("tokenizer.chat_template")
+
+class Generator:
+    """Tokenization, chat templates and sampler chains of one model; thread-safe (read-only vocab)."""
+
+    def __init__(self, model: internals.LlamaModel, *, n_ctx: int):
+        self.model = model
+        self.n_ctx = n_ctx
+        self.n_vocab = model.n_vocab()
+        self.vocab = model.vocab
+        template = model.metadata().get("tokenizer.chat_template")
         self.formatter: Jinja2ChatFormatter | None = None
         if template:
-            eos, bos = llama.token_eos(), llama.token_bos()
+            eos, bos = model.token_eos(), model.token_bos()
             self.formatter = Jinja2ChatFormatter(
                 template=template,
-                eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
-                bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
+                eos_token=model.token_get_text(eos) if eos != -1 else "",
+                bos_token=model.token_get_text(bos) if bos != -1 else "",
             )
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
@@ -104,10 +148,13 @@ class Generator:
             prompt = self.formatter(messages=messages).prompt
         except Exception as exc:  # the template's own raise_exception() and Jinja errors
             raise EngineError(f"The chat template rejected the messages: {exc}", param="messages") from exc
-        return self.llama.tokenize(prompt.encode(), add_bos=False, special=True)
+        return self.model.tokenize(prompt.encode(), add_bos=False, special=True)
 
     def text_prompt(self, prompt: str) -> list[int]:
-        return self.llama.tokenize(prompt.encode(), add_bos=True, special=False)
+        return self.model.tokenize(prompt.encode(), add_bos=True, special=False)
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        return self.model.tokenize(text.encode(), add_bos=add_special, special=True)
 
     def check_tokens(self, tokens: list[int], *, param: str = "prompt") -> None:
         if any(t < 0 or t >= self.n_vocab for t in tokens):
@@ -121,22 +168,23 @@ class Generator:
                 param=param,
             )
 
-    def detokenize(self, tokens: list[int]) -> str:
-        return self.llama.detokenize(tokens).decode("utf-8", errors="replace")
+    def piece(self, token: int) -> bytes:
+        return self.model.detokenize([token])
 
-    def _sampler(self, params: SamplingParams) -> internals.LlamaSampler:
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.model.detokenize(tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def sampler(self, params: SamplingParams, *, seed: int | None = None) -> internals.LlamaSampler:
+        """Build the request's llama.cpp sampler chain (bias, penalties, then the draw)."""
         sampler = internals.LlamaSampler()
         if params.logit_bias:
             sampler.add_logit_bias(self.n_vocab, params.logit_bias)
         sampler.add_penalties(
             self.n_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
         )
-        if params.grammar:
-            try:
-                grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
-            except Exception as exc:
-                raise EngineError(f"Invalid grammar: {exc}", param="response_format") from exc
-            sampler.add_grammar(self.llama._model, grammar)
         if params.temperature == 0:
             sampler.add_greedy()
         else:
@@ -144,82 +192,38 @@ class Generator:
             sampler.add_top_p(params.top_p, 1)
             sampler.add_min_p(params.min_p, 1)
             sampler.add_temp(params.temperature)
-            sampler.add_dist(params.seed if params.seed is not None else random.getrandbits(32))
+            sampler.add_dist(seed if seed is not None else random.getrandbits(32))
         return sampler
 
-    def _prefill(self, tokens: list[int], *, reuse: bool) -> None:
-        """Evaluate the prompt, keeping the KV cache of the prefix it shares with the last request."""
-        llama = self.llama
-        cached = llama.input_ids[: llama.n_tokens] if reuse else []
-        shared = 0
-        for a, b in zip(cached, tokens):
-            if a != b:
-                break
-            shared += 1
-        shared = min(shared, len(tokens) - 1)  # re-evaluate at least one token to get fresh logits
-        if shared > 0 and llama._ctx.kv_cache_seq_rm(-1, shared, -1):
-            llama.n_tokens = shared
-        else:
-            llama.reset()
-            shared = 0
-        llama.eval(tokens[shared:])
-
-    def generate(
-        self, prompt: list[int], params: SamplingParams, cancelled: Callable[[], bool]
-    ) -> Iterator[Delta | Finished]:
-        """Yield text deltas then one Finished; stop strings are cut, never emitted."""
-        self.check_fits(len(prompt))
-        budget = self.n_ctx - len(prompt)
-        max_tokens = min(params.max_tokens, budget) if params.max_tokens else budget
-        sampler = self._sampler(params)
-        # A seeded request evaluates its whole prompt: logits from a partial re-evaluation differ in
-        # the last bits from a full one, enough to change a sampled token, and seeds must reproduce.
-        self._prefill(prompt, reuse=params.seed is None)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = [s for s in params.stop if s]
-        text, sent, count, reason, cut = "", 0, 0, "length", False
+    def grammar(self, params: SamplingParams) -> internals.LlamaSampler | None:
+        """The request's grammar as a sampler of its own, kept out of the chain (see Engine._draw)."""
+        if not params.grammar:
+            return None
         try:
-            while count < max_tokens:
-                if cancelled():
-                    reason = "cancelled"
-                    break
-                token = sampler.sample(self.llama._ctx, -1)
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    reason = "stop"
-                    break
-                count += 1
-                text += decoder.decode(self.llama.detokenize([token]))
-                # Held-back text never contains a whole stop, so a stop can only start at or after `sent`.
-                hits = [i for i in (text.find(s, sent) for s in stops) if i >= 0]
-                if hits:
-                    text, reason, cut = text[: min(hits)], "stop", True
-                    break
-                end = len(text) - _stop_holdback(text, stops) if stops else len(text)
-                if end > sent:
-                    yield Delta(text[sent:end])
-                    sent = end
-                if count < max_tokens:
-                    self.llama.eval([token])
-            if reason != "cancelled":
-                tail = text[sent:] if cut else text[sent:] + decoder.decode(b"", final=True)
-                if tail:
-                    yield Delta(tail)
-        finally:
-            sampler.close()
-        yield Finished(reason=reason, completion_tokens=count)
+            grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
+        except Exception as exc:
+            raise EngineError(f"Invalid grammar: {exc}", param="response_format") from exc
+        sampler = internals.LlamaSampler()
+        sampler.add_grammar(self.model, grammar)
+        return sampler
 
 
 class Job:
-    """One request in the worker: its work function and the events it sends back to the loop."""
+    """One request: side work (embeddings) or generated sequences, and the events sent back to its loop."""
 
-    def __init__(self, work: Callable[["Job"], None], loop: asyncio.AbstractEventLoop):
+    def __init__(self, work: Callable[["Job"], None] | None, loop: asyncio.AbstractEventLoop):
         self.work = work
         self.loop = loop
         self.events: asyncio.Queue[Any] = asyncio.Queue()
+        self.remaining = 0  # sequences still running; touched only by the engine thread
+        self.failed = False
         self._cancelled = threading.Event()
 
     def emit(self, event: Any) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody is waiting for this request any more
+            pass
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -229,6 +233,402 @@ class Job:
 
 
 _DONE = object()
+DONE = _DONE
+
+
+def _deliver(items: list[tuple[asyncio.Queue[Any], Any]]) -> None:
+    for events, event in items:
+        events.put_nowait(event)
+
+
+class Sequence:
+    """One generated choice: its prompt, sampler, position in its slot and the text produced so far."""
+
+    def __init__(
+        self,
+        *,
+        job: Job,
+        index: int,
+        prompt: list[int],
+        params: SamplingParams,
+        sampler: internals.LlamaSampler,
+        grammar: internals.LlamaSampler | None = None,
+        max_tokens: int,
+        prefix: str = "",
+        suffix: str = "",
+    ):
+        self.job = job
+        self.index = index
+        self.prompt = prompt
+        self.params = params
+        self.sampler = sampler
+        self.grammar = grammar
+        self.max_tokens = max_tokens
+        self.prefix = prefix
+        self.suffix = suffix
+        self.slot: "Slot | None" = None
+        self.n_past = 0  # tokens of this sequence in its slot's KV
+        self.pending: int | None = None  # sampled, not yet decoded
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stops = [s for s in params.stop if s]
+        self.text = ""
+        self.sent = 0
+        self.count = 0
+        # Logprob entries not yet sent, each with the offset in `text` where its token starts.
+        self.logprobs: list[tuple[int, TokenLogprob]] = []
+
+
+@dataclass(slots=True)
+class Slot:
+    id: int
+    seq: Sequence | None = None
+    # Prompt tokens in this slot's KV that were computed by aligned prefill chunks: the only
+    # prefix another request may reuse without changing its logits.
+    cached: list[int] = field(default_factory=list)
+
+
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class Engine:
+    """The continuous-batching loop over one context with `slots` KV streams; runs on its own thread."""
+
+    def __init__(self, generator: Generator, *, name: str, slots: int, n_ctx: int, n_threads: int, queue_depth: int):
+        self.generator = generator
+        self.name = name
+        self.queue_depth = queue_depth
+        n_ctx_seq = -(-n_ctx // 256) * 256  # llama.cpp pads each stream to 256 cells
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx_seq * slots
+        params.n_seq_max = slots
+        params.n_batch = params.n_ubatch = max(PREFILL_CHUNK, slots)
+        params.n_threads = params.n_threads_batch = n_threads
+        params.kv_unified = False
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        params.no_perf = True
+        self.ctx = internals.LlamaContext(model=generator.model, params=params, verbose=False)
+        self.memory = llama_cpp.llama_get_memory(self.ctx.ctx)
+        self.batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
+        self.slots = [Slot(id=i) for i in range(slots)]
+        self.active: list[Sequence] = []
+        self.waiting: deque[Sequence] = deque()
+        self.reused_tokens = 0  # prompt tokens served from a slot's cache instead of prefilled
+        # Events of one step go to each loop in one call: a wake-up per token would keep the loop
+        # thread holding the GIL just when this thread returns from a llama.cpp call and needs it.
+        self._outbox: list[tuple[Job, Any]] = []
+        self._pieces: dict[int, bytes] = {}
+        self._candidates = internals.LlamaTokenDataArray(n_vocab=generator.n_vocab)
+        self._one = internals.LlamaTokenDataArray(n_vocab=1)
+        self._eog: dict[int, bool] = {}
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
+
+    # --- called from other threads -----------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, seqs: list[Sequence]) -> None:
+        """Queue all of a request's sequences, or none when the queue cannot take them."""
+        with self._cond:
+            if self._stopping:
+                raise EngineError("The model is being unloaded.", status=503, code="model_unloading")
+            if len(self.waiting) + len(seqs) > self.queue_depth:
+                raise QueueFull()
+            for seq in seqs:
+                seq.job.remaining += 1
+            self.waiting.extend(seqs)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            self.close()  # the KV cache is the node's largest allocation
+
+    def close(self) -> None:
+        if self.batch is not None:
+            llama_cpp.llama_batch_free(self.batch)
+            self.batch = None
+        self.ctx.close()
+
+    # --- the engine thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self.waiting and not self.active:
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                self._admit()
+            try:
+                self._step()
+            except Exception as exc:
+                logger.exception("Engine step failed in %s", self.name, extra={"model": self.name})
+                error = EngineError(f"Engine failure: {exc}", status=500, code="engine_error")
+                for seq in list(self.active):
+                    self._fail(seq, error)
+                llama_cpp.llama_memory_clear(self.memory, True)
+                for slot in self.slots:
+                    slot.cached = []
+            self._flush()
+        error = EngineError("The model was unloaded.", status=503, code="model_unloading")
+        with self._cond:
+            leftovers = [*self.active, *self.waiting]
+            self.waiting.clear()
+        for seq in leftovers:
+            self._fail(seq, error)
+        self._flush()
+
+    def _emit(self, job: Job, event: Any) -> None:
+        self._outbox.append((job, event))
+
+    def _flush(self) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
+        for job, event in self._outbox:
+            by_loop.setdefault(job.loop, []).append((job.events, event))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the loop is closed: nobody is waiting for these requests any more
+                pass
+
+    def _admit(self) -> None:
+        """Move waiting sequences into free slots (called with the lock held)."""
+        if any(seq.job.cancelled() for seq in self.waiting):
+            # Abandoned requests leave the queue now, not when a slot frees, so they stop counting
+            # against its bound.
+            for seq in [seq for seq in self.waiting if seq.job.cancelled()]:
+                self.waiting.remove(seq)
+                self._finish(seq, "cancelled")
+        while self.waiting:
+            free = [slot for slot in self.slots if slot.seq is None]
+            if not free:
+                return
+            seq = self.waiting.popleft()
+            if seq.job.cancelled():
+                self._finish(seq, "cancelled")
+                continue
+            best, keep = self._pick_slot(seq, free)
+            if not llama_cpp.llama_memory_seq_rm(self.memory, best.id, keep, -1):
+                llama_cpp.llama_memory_seq_rm(self.memory, best.id, -1, -1)
+                keep = 0
+            best.cached = best.cached[:keep]
+            self.reused_tokens += keep
+            best.seq = seq
+            seq.slot = best
+            seq.n_past = keep
+            self.active.append(seq)
+            if seq.prefix:
+                self._emit(seq.job, (seq.index, Delta(seq.prefix)))
+
+    def _pick_slot(self, seq: Sequence, free: list[Slot]) -> tuple[Slot, int]:
+        """Pick the cheapest free slot for `seq`; return it and how many cached prompt tokens it keeps."""
+        # Cost: prompt tokens left to prefill, plus RUN_COST for each extra run of consecutive
+        # busy slots, since llama.cpp decodes each run as its own ubatch, every step. The kept
+        # prefix is cut to a chunk boundary and stops short of the last prompt token, whose
+        # logits are needed.
+        busy = {slot.id for slot in self.slots if slot.seq is not None}
+        best, best_keep, best_cost = free[0], 0, None
+        for slot in free:
+            shared = min(_shared_prefix(slot.cached, seq.prompt), len(seq.prompt) - 1)
+            keep = shared // PREFILL_CHUNK * PREFILL_CHUNK
+            neighbours = (slot.id - 1 in busy) + (slot.id + 1 in busy)
+            runs_added = (1 - neighbours) if busy else 0
+            # On a tie, the slot caching least: other slots' prefixes stay for their next turn.
+            cost = (len(seq.prompt) - keep + RUN_COST * runs_added, len(slot.cached))
+            if best_cost is None or cost < best_cost:
+                best, best_keep, best_cost = slot, keep, cost
+        return best, best_keep
+
+    def _step(self) -> None:
+        for seq in list(self.active):
+            if seq.job.cancelled():
+                self._finish(seq, "cancelled")
+        # In slot order: llama.cpp only joins consecutive sequence ids into one ubatch.
+        generating = sorted((seq for seq in self.active if seq.pending is not None), key=lambda seq: seq.slot.id)  # type: ignore[union-attr]
+        if generating:
+            self._decode_step(generating)
+            self._flush()
+        budget = PREFILL_BUDGET
+        for seq in [seq for seq in self.active if seq.pending is None and seq.slot is not None]:
+            while budget > 0 and seq.slot is not None and seq.pending is None:
+                budget -= self._prefill_chunk(seq)
+                self._flush()
+            if budget <= 0:
+                break
+
+    def _decode_step(self, seqs: list[Sequence]) -> None:
+        batch = self.batch
+        for i, seq in enumerate(seqs):
+            assert seq.slot is not None and seq.pending is not None
+            batch.token[i] = seq.pending
+            batch.pos[i] = seq.n_past
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq.slot.id
+            batch.logits[i] = True
+        batch.n_tokens = len(seqs)
+        self._decode()
+        for i, seq in enumerate(seqs):
+            seq.n_past += 1
+            seq.pending = None
+            self._sample(seq, i)
+
+    def _prefill_chunk(self, seq: Sequence) -> int:
+        """Evaluate the prompt up to the next chunk boundary, alone; sample when it is complete."""
+        assert seq.slot is not None
+        start = seq.n_past
+        end = min(len(seq.prompt), (start // PREFILL_CHUNK + 1) * PREFILL_CHUNK)
+        batch = self.batch
+        for i, pos in enumerate(range(start, end)):
+            batch.token[i] = seq.prompt[pos]
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq.slot.id
+            batch.logits[i] = False
+        last = end == len(seq.prompt)
+        batch.logits[end - start - 1] = last
+        batch.n_tokens = end - start
+        self._decode()
+        seq.n_past = end
+        seq.slot.cached = seq.prompt[:end]
+        if last:
+            self._sample(seq, end - start - 1)
+        return end - start
+
+    def _decode(self) -> None:
+        status = llama_cpp.llama_decode(self.ctx.ctx, self.batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status}")
+
+    def _sample(self, seq: Sequence, idx: int) -> None:
+        """Draw the sequence's next token from batch row `idx`; emit its text, or finish it."""
+        token = self._draw(seq, idx)
+        if self._is_eog(token):
+            self._finish(seq, "stop")
+            return
+        seq.count += 1
+        piece = self._piece(token)
+        if seq.params.logprobs is not None:
+            seq.logprobs.append((len(seq.text), self._logprob(token, piece, idx, seq.params.logprobs)))
+        seq.text += seq.decoder.decode(piece)
+        # Held-back text never contains a whole stop, so a stop can only start at or after `sent`.
+        hits = [i for i in (seq.text.find(s, seq.sent) for s in seq.stops) if i >= 0]
+        if hits:
+            seq.text = seq.text[: min(hits)]
+            self._finish(seq, "stop", cut=True)
+            return
+        end = len(seq.text) - _stop_holdback(seq.text, seq.stops) if seq.stops else len(seq.text)
+        if end > seq.sent:
+            self._emit_text(seq, end)
+        if seq.count >= seq.max_tokens:
+            self._finish(seq, "length")
+        else:
+            seq.pending = token
+
+    def _draw(self, seq: Sequence, idx: int) -> int:
+        """Sample batch row `idx` with the sequence's chain, within its grammar if it has one."""
+        if seq.grammar is None:
+            return seq.sampler.sample(self.ctx, idx)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx.ctx, idx), shape=(self.generator.n_vocab,))
+        cands = self._candidates
+        cands.copy_logits(logits)
+        llama_cpp.llama_sampler_apply(seq.sampler.sampler, ctypes.byref(cands.candidates))
+        token = int(cands.candidates_data.id[cands.candidates.selected])
+        # Applying a grammar to the whole vocabulary costs more than a decode step, and would slow
+        # every sequence in the batch: check the unconstrained pick alone first, as llama.cpp's
+        # own samplers do, and constrain the full distribution only when the pick is rejected.
+        one = self._one
+        one.candidates_data.id[0], one.candidates_data.logit[0], one.candidates_data.p[0] = token, 1.0, 0.0
+        one.candidates.size, one.candidates.selected, one.candidates.sorted = 1, -1, False
+        llama_cpp.llama_sampler_apply(seq.grammar.sampler, ctypes.byref(one.candidates))
+        if not np.isfinite(one.candidates_data.logit[0]):
+            cands.copy_logits(logits)
+            llama_cpp.llama_sampler_apply(seq.grammar.sampler, ctypes.byref(cands.candidates))
+            llama_cpp.llama_sampler_apply(seq.sampler.sampler, ctypes.byref(cands.candidates))
+            token = int(cands.candidates_data.id[cands.candidates.selected])
+        seq.grammar.accept(token)
+        seq.sampler.accept(token)
+        return token
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.generator.piece(token)
+        return piece
+
+    def _is_eog(self, token: int) -> bool:
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = self.generator.is_eog(token)
+        return eog
+
+    def _logprob(self, token: int, piece: bytes, idx: int, top: int) -> TokenLogprob:
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx.ctx, idx), shape=(self.generator.n_vocab,))
+        logits = logits.astype(np.float64)
+        peak = logits.max()
+        logz = peak + np.log(np.exp(logits - peak).sum())
+        alternatives: list[tuple[str, list[int], float]] = []
+        if top > 0:
+            best = np.argpartition(-logits, top)[:top]
+            for t in best[np.argsort(-logits[best])]:
+                raw = self._piece(int(t))
+                alternatives.append((raw.decode("utf-8", errors="replace"), list(raw), float(logits[t] - logz)))
+        return TokenLogprob(piece.decode("utf-8", errors="replace"), list(piece), float(logits[token] - logz), alternatives)
+
+    def _emit_text(self, seq: Sequence, end: int) -> None:
+        entries = None
+        if seq.params.logprobs is not None:
+            entries = [entry for _, entry in seq.logprobs]
+            seq.logprobs.clear()
+        self._emit(seq.job, (seq.index, Delta(seq.text[seq.sent : end], entries)))
+        seq.sent = end
+
+    def _finish(self, seq: Sequence, reason: str, *, cut: bool = False) -> None:
+        if reason != "cancelled":
+            if not cut:
+                seq.text += seq.decoder.decode(b"", final=True)
+            else:
+                # Tokens that only make up the cut-off stop string are not part of the answer.
+                seq.logprobs = [(start, entry) for start, entry in seq.logprobs if start < len(seq.text)]
+            if len(seq.text) > seq.sent or seq.logprobs:
+                self._emit_text(seq, len(seq.text))
+            if seq.suffix:
+                self._emit(seq.job, (seq.index, Delta(seq.suffix)))
+        self._emit(seq.job, (seq.index, Finished(reason=reason, completion_tokens=seq.count)))
+        self._release(seq)
+
+    def _fail(self, seq: Sequence, error: EngineError) -> None:
+        if not seq.job.failed:
+            seq.job.failed = True
+            self._emit(seq.job, error)
+        self._release(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        if seq.slot is not None:
+            seq.slot.seq = None
+            seq.slot = None
+        if seq in self.active:
+            self.active.remove(seq)
+        seq.pending = None
+        seq.sampler.close()
+        if seq.grammar is not None:
+            seq.grammar.close()
+        seq.job.remaining -= 1
+        if seq.job.remaining == 0:
+            self._emit(seq.job, _DONE)
 
 
 @dataclass(slots=True)
@@ -238,74 +638,167 @@ class ModelSpec:
     n_ctx: int
     embeddings: bool
     n_threads: int | None = None
+    slots: int | None = None  # sequence slots; None = AXS_NODE_SLOTS, else default_slots()
 
 
 class ModelWorker:
-    """One loaded model: its Llama objects, a bounded queue and the thread that runs its jobs."""
+    """One loaded model: its batching engine, and a bounded side queue and thread for embeddings."""
 
     def __init__(self, spec: ModelSpec, *, queue_depth: int):
         self.spec = spec
+        self.queue_depth = queue_depth
+        self.model: internals.LlamaModel | None = None
         self.generator: Generator | None = None
+        self.engine: Engine | None = None
         self.embedder: Llama | None = None
         self.ready = False
-        self.inflight = 0
         self.last_used = 0.0  # epoch seconds of the last request, for idle eviction
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_depth)
-        self._thread = threading.Thread(target=self._run, name=f"engine-{spec.name}", daemon=True)
+        self._side_busy = 0
+        self._side: queue.Queue[Job | None] = queue.Queue(maxsize=queue_depth)
+        self._side_thread = threading.Thread(target=self._run_side, name=f"embed-{spec.name}", daemon=True)
+
+    @property
+    def inflight(self) -> int:
+        return (len(self.engine.active) if self.engine else 0) + self._side_busy
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return (len(self.engine.waiting) if self.engine else 0) + self._side.qsize()
+
+    def _slots(self, model: internals.LlamaModel) -> int:
+        if self.spec.slots:
+            return self.spec.slots
+        from django.conf import settings
+
+        configured = int(getattr(settings, "AXS_NODE_SLOTS", 0) or 0) if settings.configured else 0
+        return configured or default_slots(model, self.spec.n_ctx)
 
     def load(self) -> None:
-        """Load the weights (chat, and a mean-pooling twin for embeddings), warm up, start the thread."""
+        """Load the weights (and a mean-pooling twin for embeddings), warm up, start the threads."""
         started = time.monotonic()
-        common = {"n_ctx": self.spec.n_ctx, "verbose": False, "n_threads": self.spec.n_threads}
-        llama = Llama(model_path=str(self.spec.path), **common)
-        self.generator = Generator(llama)
+        n_threads = self.spec.n_threads or os.cpu_count() or 1
+        llama_cpp.llama_backend_init()
+        set_verbose(False)  # llama.cpp's own log lines, as Llama(verbose=False) does
+        self.model = internals.LlamaModel(
+            path_model=str(self.spec.path), params=llama_cpp.llama_model_default_params(), verbose=False
+        )
+        self.generator = Generator(self.model, n_ctx=self.spec.n_ctx)
+        slots = self._slots(self.model)
+        self.engine = Engine(
+            self.generator, name=self.spec.name, slots=slots, n_ctx=self.spec.n_ctx, n_threads=n_threads, queue_depth=self.queue_depth
+        )
         if self.spec.embeddings:
             self.embedder = Llama(
                 model_path=str(self.spec.path),
                 embedding=True,
                 pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                **common,
+                n_ctx=self.spec.n_ctx,
+                n_threads=n_threads,
+                verbose=False,
             )
+        self.engine.start()
         # Warm-up: the first decode allocates compute buffers; keep that off the first request.
-        for _ in self.generator.generate(self.generator.text_prompt("Hello"), SamplingParams(max_tokens=2, temperature=0), lambda: False):
-            pass
+        self._warm_up()
         if self.embedder is not None:
             self.embedder.embed("Hello")
-        self._thread.start()
+        self._side_thread.start()
         self.ready = True
-        logger.info("Model %s ready in %.1fs", self.spec.name, time.monotonic() - started, extra={"model": self.spec.name})
+        logger.info(
+            "Model %s ready in %.1fs with %d slots",
+            self.spec.name,
+            time.monotonic() - started,
+            slots,
+            extra={"model": self.spec.name, "slots": slots, "n_threads": n_threads},
+        )
+
+    def _warm_up(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            job = self.generate([self.generator.text_prompt("Hello")], SamplingParams(max_tokens=2, temperature=0), loop=loop)  # type: ignore[union-attr]
+
+            async def drain() -> None:
+                while (await job.events.get()) is not _DONE:
+                    pass
+
+            loop.run_until_complete(asyncio.wait_for(drain(), timeout=60))
+        finally:
+            loop.close()
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        n: int = 1,
+        echo: bool = False,
+        suffix: str = "",
+    ) -> Job:
+        """Queue n choices per prompt; the job gets (index, Delta | Finished) events, then DONE."""
+        # Raises EngineError for a prompt the model cannot take, QueueFull when the queue is full.
+        gen, engine = self.generator, self.engine
+        assert gen is not None and engine is not None
+        self.last_used = time.time()
+        job = Job(None, loop)
+        seqs: list[Sequence] = []
+        try:
+            for p, tokens in enumerate(prompts):
+                gen.check_fits(len(tokens))
+                budget = gen.n_ctx - len(tokens)
+                max_tokens = min(params.max_tokens, budget) if params.max_tokens else budget
+                prefix = gen.detokenize(tokens) if echo else ""
+                for j in range(n):
+                    # Choices of one seeded request differ from each other, and each reproduces.
+                    seed = params.seed + j if params.seed is not None else None
+                    seqs.append(
+                        Sequence(
+                            job=job,
+                            index=p * n + j,
+                            prompt=tokens,
+                            params=params,
+                            sampler=gen.sampler(params, seed=seed),
+                            grammar=gen.grammar(params),
+                            max_tokens=max_tokens,
+                            prefix=prefix,
+                            suffix=suffix,
+                        )
+                    )
+            engine.submit(seqs)
+        except BaseException:
+            for seq in seqs:
+                seq.sampler.close()
+                if seq.grammar is not None:
+                    seq.grammar.close()
+            raise
+        return job
 
     def submit(self, job: Job) -> None:
+        """Queue side work (embeddings) on the side thread."""
         self.last_used = time.time()
         try:
-            self._queue.put_nowait(job)
+            self._side.put_nowait(job)
         except queue.Full:
             raise QueueFull() from None
 
     def stop(self) -> None:
         self.ready = False
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join(timeout=30)
+        if self._side_thread.is_alive():
+            self._side.put(None)
+            self._side_thread.join(timeout=30)
+        if self.engine is not None:
+            self.engine.stop()
 
-    def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            self.inflight += 1
+    def _run_side(self) -> None:
+        while (job := self._side.get()) is not None:
+            self._side_busy += 1
             try:
-                if not job.cancelled():
+                if not job.cancelled() and job.work is not None:
                     job.work(job)
             except EngineError as exc:
                 job.emit(exc)
             except Exception as exc:
-                logger.exception("Engine failure in %s", self.spec.name)
+                logger.exception("Embedding failure in %s", self.spec.name, extra={"model": self.spec.name})
                 job.emit(EngineError(f"Engine failure: {exc}", status=500, code="engine_error"))
             finally:
-                self.inflight -= 1
+                self._side_busy -= 1
                 job.emit(_DONE)
-
-
-DONE = _DONE

@@ -71,6 +71,7 @@ class NodeApp:
         return {
             "inflight": sum(w.inflight for w in self.workers.values()),
             "queued": sum(w.queued for w in self.workers.values()),
+            "slots": sum(len(w.engine.slots) for w in self.workers.values() if w.engine is not None),
             "models": {name: {"ready": w.ready} for name, w in self.workers.items()},
         }
 
@@ -124,15 +125,13 @@ class NodeApp:
 
     async def _generate(self, request: web.Request, body: dict[str, Any], request_id: str, *, chat: bool) -> web.StreamResponse:
         worker = self._worker(body)
+        gen = worker.generator
+        assert gen is not None
         params = sampling_params(body)
         n = int(body.get("n") or 1)
         shape = Shape(kind="chat" if chat else "text", request_id=request_id, model=worker.spec.name)
-        echo = bool(body.get("echo")) and not chat
-        suffix = body.get("suffix") or ""
 
-        def work(job: Job) -> None:
-            gen = worker.generator
-            assert gen is not None
+        def prepare() -> list[list[int]]:
             if chat:
                 prompts = [gen.chat_prompt(body["messages"])]
             else:
@@ -143,28 +142,29 @@ class NodeApp:
                     prompts.append(tokens)
             for tokens in prompts:
                 gen.check_fits(len(tokens), param="messages" if chat else "prompt")
-            job.emit(("start", sum(len(t) for t in prompts)))
-            for p, tokens in enumerate(prompts):
-                prefix = gen.detokenize(tokens) if echo else ""
-                for j in range(n):
-                    index = p * n + j
-                    if prefix:
-                        job.emit((index, Delta(prefix)))
-                    for event in gen.generate(tokens, params, job.cancelled):
-                        if isinstance(event, Finished) and suffix and event.reason != "cancelled":
-                            job.emit((index, Delta(suffix)))
-                        job.emit((index, event))
-                    if job.cancelled():
-                        return
+            return prompts
 
-        job, (_, prompt_tokens) = await self._start(worker, work)
+        # Templates and tokenization run off the loop: a long prompt must not stall other streams.
+        prompts = await asyncio.to_thread(prepare)
+        try:
+            job = worker.generate(
+                prompts,
+                params,
+                loop=asyncio.get_running_loop(),
+                n=n,
+                echo=bool(body.get("echo")) and not chat,
+                suffix=(body.get("suffix") or "") if not chat else "",
+            )
+        except QueueFull:
+            raise EngineError("The node's queue for this model is full.", status=429, code="node_queue_full") from None
+        prompt_tokens = sum(len(t) for t in prompts)
         try:
             if _wants_stream(body):
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
                 return await self._stream(request, job, shape, prompt_tokens, include_usage)
-            return await self._collect(job, shape, prompt_tokens, n * (len(body["prompt"]) if not chat else 1))
+            return await self._collect(job, shape, prompt_tokens, n * len(prompts))
         finally:
-            job.cancel()  # a no-op when finished; frees the worker when the gateway went away
+            job.cancel()  # a no-op when finished; frees the slots when the gateway went away
 
     async def _collect(self, job: Job, shape: Shape, prompt_tokens: int, n_choices: int) -> web.Response:
         choices = [Choice() for _ in range(n_choices)]
@@ -173,7 +173,12 @@ class NodeApp:
                 raise event
             index, item = event
             if isinstance(item, Delta):
-                choices[index].text.append(item.text)
+                choice = choices[index]
+                if item.logprobs is not None:
+                    if choice.logprobs is None:
+                        choice.logprobs, choice.echo_len = [], sum(len(t) for t in choice.text)
+                    choice.logprobs.extend(item.logprobs)
+                choice.text.append(item.text)
             else:
                 choices[index].finish_reason = item.reason
                 choices[index].completion_tokens = item.completion_tokens
@@ -184,6 +189,7 @@ class NodeApp:
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
         started: set[int] = set()
+        offsets: dict[int, int] = {}  # chars sent per choice, for text-completion logprob offsets
         completion_tokens = 0
         while (event := await job.events.get()) is not DONE:
             if isinstance(event, EngineError):
@@ -195,7 +201,9 @@ class NodeApp:
             if first and shape.chat:
                 await response.write(sse(shape.chunk(index, text="", first=True)))
             if isinstance(item, Delta):
-                await response.write(sse(shape.chunk(index, text=item.text)))
+                offset = offsets.get(index, 0)
+                offsets[index] = offset + len(item.text)
+                await response.write(sse(shape.chunk(index, text=item.text, logprobs=item.logprobs, offset=offset)))
             else:
                 completion_tokens += item.completion_tokens
                 await response.write(sse(shape.chunk(index, finish_reason=item.reason)))
@@ -256,15 +264,9 @@ class NodeApp:
     async def tokenize(self, request: web.Request) -> web.StreamResponse:
         async def handle(body: dict[str, Any], request_id: str) -> web.Response:
             worker = self._worker(body)
-
-            def work(job: Job) -> None:
-                assert worker.generator is not None
-                tokens = worker.generator.llama.tokenize(
-                    str(body.get("content", "")).encode(), add_bos=bool(body.get("add_special")), special=True
-                )
-                job.emit(("done", tokens))
-
-            _, (_, tokens) = await self._start(worker, work)
+            assert worker.generator is not None
+            content, add_special = str(body.get("content", "")), bool(body.get("add_special"))
+            tokens = await asyncio.to_thread(worker.generator.tokenize, content, add_special=add_special)
             return web.Response(body=orjson.dumps({"model": worker.spec.name, "tokens": tokens}), content_type="application/json")
 
         return await self._run(request, handle)
@@ -272,13 +274,11 @@ class NodeApp:
     async def detokenize(self, request: web.Request) -> web.StreamResponse:
         async def handle(body: dict[str, Any], request_id: str) -> web.Response:
             worker = self._worker(body)
-
-            def work(job: Job) -> None:
-                assert worker.generator is not None
-                worker.generator.check_tokens(list(body.get("tokens") or []), param="tokens")
-                job.emit(("done", worker.generator.detokenize(list(body.get("tokens") or []))))
-
-            _, (_, text) = await self._start(worker, work)
+            gen = worker.generator
+            assert gen is not None
+            tokens = list(body.get("tokens") or [])
+            gen.check_tokens(tokens, param="tokens")
+            text = await asyncio.to_thread(gen.detokenize, tokens)
             return web.Response(body=orjson.dumps({"model": worker.spec.name, "content": text}), content_type="application/json")
 
         return await self._run(request, handle)

@@ -1,0 +1,18 @@
+"""`python -m bench <name>`: run one benchmark, print its table, append it to docs/benchmarks.md."""
+
+import argparse
+import sys
+
+from bench import node
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    node.add_arguments(sub.add_parser("node", help=node.__doc__))
+    args = parser.parse_args(argv)
+    return node.run(args, argv=sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""Our node vs llama_cpp.server: streaming completions on the same GGUF, threads and prompts."""
+
+import argparse
+import asyncio
+import os
+import platform
+import secrets
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import aiohttp
+import orjson
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+OURS, BASELINE = "axserving node", "llama_cpp.server"
+# Story openings: the model keeps writing, so requests rarely stop before max_tokens.
+PROMPTS = [
+    "Once upon a time, in a village at the edge of a great forest, there lived",
+    "The old lighthouse keeper climbed the stairs one last time and",
+    "In the year 2150, the first colony ship reached the red planet, and",
+    "The recipe had been in my family for generations. It began with",
+    "Deep beneath the ocean, a small submarine drifted past",
+    "The detective looked at the empty room and said",
+    "When the dragon finally woke up, the knights",
+    "Every morning the baker opened his shop at dawn, because",
+    "The letter arrived on a rainy Tuesday, and it said",
+    "At the top of the mountain, the climbers found",
+    "The robot had never seen snow before. When it",
+    "Long ago, the river that runs through our town",
+    "The train was late again, so Maria decided to",
+    "In the middle of the desert stood a door, and behind it",
+    "The school's science fair was the biggest event of the year, and",
+    "My grandfather kept a wooden box under his bed. Inside it",
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--concurrency", default="1,4,8,16", help="comma-separated client counts")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions; medians are reported")
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for both servers")
+    parser.add_argument("--slots", type=int, default=0, help="our node's sequence slots (0 = its default)")
+    parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--model", default="", help="GGUF path (default: the bundled SmolLM2)")
+    parser.add_argument("--no-record", action="store_true", help="do not append to docs/benchmarks.md")
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    headers: dict[str, str]
+    body: dict[str, object]
+    process: subprocess.Popen[bytes]
+
+
+@dataclass
+class Round:
+    tokens: int = 0
+    wall: float = 0.0
+    ttft: list[float] = field(default_factory=list)
+    latency: list[float] = field(default_factory=list)
+    failures: int = 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bundled_model() -> str:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "axserving.settings")
+    import django
+
+    django.setup()
+    from models_registry.services import bundled_model_path
+
+    return str(bundled_model_path())
+
+
+@contextmanager
+def servers(args: argparse.Namespace, model: str) -> Iterator[list[Server]]:
+    """Start our bare node and llama_cpp.server on the same model; stop both on the way out."""
+    log_dir = ROOT / "test-artifacts"
+    log_dir.mkdir(exist_ok=True)
+    token = secrets.token_urlsafe(16)
+    ours_port, base_port = free_port(), free_port()
+    ours_cmd = [sys.executable, "-m", "bench.node_server", "--model", model, "--port", str(ours_port),
+                "--threads", str(args.threads), "--slots", str(args.slots), "--n-ctx", str(args.n_ctx)]
+    base_cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--port", str(base_port), "--host", "127.0.0.1",
+                "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", str(args.n_ctx),
+                # Queue concurrent requests instead of cancelling the running stream (its default).
+                "--interrupt_requests", "False"]
+    started: list[Server] = []
+    try:
+        for name, cmd, url, headers, prompt_as_list in (
+            (OURS, ours_cmd, f"http://127.0.0.1:{ours_port}/internal/v1/completions", {"Authorization": f"Bearer {token}"}, True),
+            (BASELINE, base_cmd, f"http://127.0.0.1:{base_port}/v1/completions", {}, False),
+        ):
+            log = (log_dir / f"bench-{name.replace(' ', '-').replace('.', '-')}.log").open("wb")
+            process = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "BENCH_NODE_TOKEN": token}, stdout=log, stderr=subprocess.STDOUT)
+            body = {"model": "bench", "max_tokens": args.max_tokens, "temperature": 0, "stream": True, "prompt_as_list": prompt_as_list}
+            started.append(Server(name=name, url=url, headers=headers, body=body, process=process))
+        for server in started:
+            wait_ready(server)
+        yield started
+    finally:
+        for server in started:
+            server.process.terminate()
+        for server in started:
+            try:
+                server.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+
+
+def wait_ready(server: Server, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise SystemExit(f"{server.name} exited early (see test-artifacts/bench-*.log)")
+        try:
+            asyncio.run(one_request(server, PROMPTS[0], max_tokens=2))
+            return
+        except (aiohttp.ClientError, OSError, RuntimeError):
+            time.sleep(0.5)
+    raise SystemExit(f"{server.name} did not become ready in {timeout:.0f}s")
+
+
+async def one_request(server: Server, prompt: str, *, max_tokens: int | None = None, session: aiohttp.ClientSession | None = None) -> tuple[float, float, int]:
+    """Send one streaming completion; return (time to first token, latency, tokens)."""
+    body = {k: v for k, v in server.body.items() if k != "prompt_as_list"}
+    body["prompt"] = [prompt] if server.body["prompt_as_list"] else prompt
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    own = session is None
+    session = session or aiohttp.ClientSession()
+    try:
+        started = time.perf_counter()
+        first, tokens = 0.0, 0
+        async with session.post(server.url, data=orjson.dumps(body), headers={**server.headers, "Content-Type": "application/json"}) as response:
+            if response.status != 200:
+                raise RuntimeError(f"{server.name} answered {response.status}")
+            async for line in response.content:
+                line = line.strip()
+                if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                    continue
+                chunk = orjson.loads(line[6:])
+                if "error" in chunk:
+                    raise RuntimeError(f"{server.name} stream error: {chunk['error']}")
+                # Both servers send one chunk per generated token; empty ones only carry finish_reason.
+                if any(choice.get("text") for choice in chunk.get("choices", [])):
+                    tokens += 1
+                    if not first:
+                        first = time.perf_counter() - started
+        return first, time.perf_counter() - started, tokens
+    finally:
+        if own:
+            await session.close()
+
+
+async def load_round(server: Server, concurrency: int, per_client: int, progress: tqdm) -> Round:
+    """`concurrency` clients, each sending `per_client` requests back to back."""
+    result = Round()
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=900)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def client(k: int) -> None:
+            for j in range(per_client):
+                prompt = PROMPTS[(k * per_client + j) % len(PROMPTS)]
+                try:
+                    ttft, latency, tokens = await one_request(server, prompt, session=session)
+                except (aiohttp.ClientError, RuntimeError):
+                    result.failures += 1
+                else:
+                    result.ttft.append(ttft)
+                    result.latency.append(latency)
+                    result.tokens += tokens
+                progress.update(1)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(concurrency)))
+        result.wall = time.perf_counter() - started
+    return result
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@dataclass
+class Summary:
+    tok_s: float
+    ttft_p50: float
+    ttft_p99: float
+    latency_p50: float
+    failures: int
+
+
+def summarize(rounds: list[Round]) -> Summary:
+    """Medians over repetitions of each round's aggregate figures."""
+    return Summary(
+        tok_s=statistics.median(r.tokens / r.wall for r in rounds),
+        ttft_p50=statistics.median(percentile(r.ttft, 0.5) for r in rounds),
+        ttft_p99=statistics.median(percentile(r.ttft, 0.99) for r in rounds),
+        latency_p50=statistics.median(percentile(r.latency, 0.5) for r in rounds),
+        failures=sum(r.failures for r in rounds),
+    )
+
+
+def table(levels: list[int], results: dict[tuple[str, int], Summary]) -> str:
+    lines = [
+        "| c | server | tok/s | TTFT p50 (s) | TTFT p99 (s) | latency p50 (s) | tok/s vs llama_cpp.server | TTFT p50 vs llama_cpp.server | failed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in levels:
+        base = results[(BASELINE, c)]
+        for name in (OURS, BASELINE):
+            s = results[(name, c)]
+            lines.append(
+                f"| {c} | {name} | {s.tok_s:.1f} | {s.ttft_p50:.2f} | {s.ttft_p99:.2f} | {s.latency_p50:.2f} "
+                f"| {s.tok_s / base.tok_s:.2f}x | {s.ttft_p50 / base.ttft_p50:.2f}x | {s.failures} |"
+            )
+    return "\n".join(lines)
+
+
+def check_targets(levels: list[int], results: dict[tuple[str, int], Summary]) -> list[str]:
+    """Issue 8's targets against llama_cpp.server; returns the missed ones."""
+    missed = []
+    for c in levels:
+        ours, base = results[(OURS, c)], results[(BASELINE, c)]
+        if ours.failures:
+            missed.append(f"c={c}: {ours.failures} of our requests failed")
+        if c == 8 and ours.tok_s < 2.5 * base.tok_s:
+            missed.append(f"c=8: {ours.tok_s:.1f} tok/s is below 2.5x llama_cpp.server ({2.5 * base.tok_s:.1f})")
+        if c == 8 and ours.ttft_p50 > base.ttft_p50:
+            missed.append(f"c=8: TTFT p50 {ours.ttft_p50:.2f}s is above llama_cpp.server's {base.ttft_p50:.2f}s")
+        if c == 16 and ours.tok_s < base.tok_s:
+            missed.append(f"c=16: {ours.tok_s:.1f} tok/s is below llama_cpp.server's {base.tok_s:.1f}")
+    return missed
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    except OSError:
+        mem_kb = 0
+    return f"{cpu}, {os.cpu_count()} cores, {mem_kb / 1024 / 1024:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def revision() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def record(args: argparse.Namespace, argv: list[str], model: str, rev: str, body: str, missed: list[str]) -> None:
+    command = ".venv/bin/python -m bench " + shlex.join(argv)
+    versions = ", ".join(f"{p} {version(p)}" for p in ("llama-cpp-python", "aiohttp", "uvicorn", "fastapi"))
+    entry = [
+        f"\n## bench node — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n",
+        f"- command: `{command}`",
+        f"- machine: {machine()}",
+        f"- versions: axserving {rev}, Python {platform.python_version()}, {versions}",
+        f"- model: `{Path(model).name}`, {args.threads} threads each, n_ctx {args.n_ctx}, streaming completions, "
+        f"max_tokens {args.max_tokens}, temperature 0, {args.requests_per_client} requests per client, "
+        f"medians over {args.reps} interleaved reps",
+        "- not measured: llama.cpp's own `llama-server` (not built here; see the notes above)",
+        "",
+        body,
+        "",
+        "Targets: " + ("all met." if not missed else "MISSED: " + "; ".join(missed)),
+        "",
+    ]
+    if not DOC.exists():
+        DOC.write_text("# Benchmarks\n\nResults appended by `python -m bench <name>`; newest last.\n")
+    with DOC.open("a") as doc:
+        doc.write("\n".join(entry))
+
+
+def run(args: argparse.Namespace, *, argv: list[str]) -> int:
+    levels = [int(c) for c in args.concurrency.split(",")]
+    model = args.model or bundled_model()
+    rev = revision()  # of the code the servers start with
+    results: dict[tuple[str, int], list[Round]] = {}
+    total = 2 * args.reps * sum(c * args.requests_per_client for c in levels)
+    with servers(args, model) as started, tqdm(total=total, unit="req", desc="bench node") as progress:
+        for rep in range(args.reps):
+            for c in levels:
+                # Alternate who goes first, so drift on a noisy machine hits both alike.
+                for server in started if (rep + c) % 2 == 0 else started[::-1]:
+                    progress.set_postfix_str(f"rep {rep + 1} c={c} {server.name}")
+                    outcome = asyncio.run(load_round(server, c, args.requests_per_client, progress))
+                    results.setdefault((server.name, c), []).append(outcome)
+    summaries = {key: summarize(rounds) for key, rounds in results.items()}
+    body = table(levels, summaries)
+    missed = check_targets(levels, summaries)
+    print()
+    print(body)
+    print()
+    print("Targets: all met." if not missed else "Targets MISSED:\n  " + "\n  ".join(missed))
+    if not args.no_record:
+        record(args, argv, model, rev, body, missed)
+        print(f"Appended to {DOC.relative_to(ROOT)}")
+    return 1 if missed else 0
