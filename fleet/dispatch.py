@@ -72,8 +72,8 @@ async def aget_routing_table(*, max_age: float | None = None, wait: bool = False
 
 
 # A request for a model the cached table cannot serve waits for a table at most this old, so a
-# node that just became ready is used at once while misses cost at most a few queries a second.
-MISS_MAX_AGE = 0.25
+# node that just became ready is used at once; concurrent misses share one registry read.
+MISS_MAX_AGE = 0.05
 
 
 async def aget_model_view(name: str) -> ModelView:

@@ -15,7 +15,7 @@ from tests.processes import stream as _stream
 
 @pytest.fixture(scope="module")
 def fleet():
-    f = Fleet()
+    f = Fleet(AXS_NODE_SLOTS="1")  # one sequence per node: three streams fill the fleet
     for old_log in ARTIFACTS.glob("fleet-*.log"):
         old_log.unlink()
     try:
