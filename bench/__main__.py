@@ -3,15 +3,18 @@
 import argparse
 import sys
 
-from bench import node
+from bench import gateway, node
+
+BENCHES = {"node": node, "gateway": gateway}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
-    node.add_arguments(sub.add_parser("node", help=node.__doc__))
+    for name, module in BENCHES.items():
+        module.add_arguments(sub.add_parser(name, help=module.__doc__))
     args = parser.parse_args(argv)
-    return node.run(args, argv=sys.argv[1:] if argv is None else argv)
+    return BENCHES[args.bench].run(args, argv=sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
