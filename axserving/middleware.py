@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
+from django.utils.module_loading import import_string
 from django_prometheus import middleware as django_prometheus
 
 from axserving import metrics
@@ -119,3 +120,42 @@ class PrometheusAfterMiddleware(_InlineMixin, django_prometheus.PrometheusAfterM
 
     async def process_exception(self, request: HttpRequest, exception: Exception) -> None:  # type: ignore[override]
         super().process_exception(request, exception)
+
+
+# API-key paths need no session, CSRF check, user, messages or frame headers. In async mode each
+# stock Django middleware costs a thread hop per hook, which was most of the gateway's CPU per
+# request (docs/benchmarks.md), so these paths skip them.
+_API_PREFIXES = ("/v1/", "/internal/", "/health", "/metrics")
+
+
+class _BrowserOnly:
+    """Run a stock Django middleware for browser pages only (admin, dashboard); API paths skip it."""
+
+    inner_class: type
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]]):
+        self.get_response = get_response
+        self.inner = self.inner_class(get_response)
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        if request.path.startswith(_API_PREFIXES):
+            return await self.get_response(request)
+        return await self.inner(request)  # type: ignore[no-any-return]
+
+
+def _browser_only(dotted: str) -> type:
+    inner = import_string(dotted)
+    # A subclass of the wrapped class, so Django's checks (the admin's) still find it in MIDDLEWARE.
+    return type(inner.__name__, (_BrowserOnly, inner), {"inner_class": inner, "__doc__": f"{dotted}, browser pages only."})
+
+
+SecurityMiddleware = _browser_only("django.middleware.security.SecurityMiddleware")
+SessionMiddleware = _browser_only("django.contrib.sessions.middleware.SessionMiddleware")
+CommonMiddleware = _browser_only("django.middleware.common.CommonMiddleware")
+CsrfViewMiddleware = _browser_only("django.middleware.csrf.CsrfViewMiddleware")
+AuthenticationMiddleware = _browser_only("django.contrib.auth.middleware.AuthenticationMiddleware")
+MessageMiddleware = _browser_only("django.contrib.messages.middleware.MessageMiddleware")
+XFrameOptionsMiddleware = _browser_only("django.middleware.clickjacking.XFrameOptionsMiddleware")

@@ -67,13 +67,14 @@ MIDDLEWARE = [
     # django-prometheus' pair, without its per-request thread hops (axserving/middleware.py).
     "axserving.middleware.PrometheusBeforeMiddleware",
     "axserving.middleware.RequestIdMiddleware",
-    "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Django's stock middleware, skipped on API-key paths (/v1/, /internal/, /health, /metrics).
+    "axserving.middleware.SecurityMiddleware",
+    "axserving.middleware.SessionMiddleware",
+    "axserving.middleware.CommonMiddleware",
+    "axserving.middleware.CsrfViewMiddleware",
+    "axserving.middleware.AuthenticationMiddleware",
+    "axserving.middleware.MessageMiddleware",
+    "axserving.middleware.XFrameOptionsMiddleware",
     "axserving.middleware.PrometheusAfterMiddleware",
 ]
 
