@@ -62,6 +62,38 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def stop(self) -> None:
+        """Ctrl-C, as an operator stops it (a clean shutdown flushes the buffered logs)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_all_in_one(env: dict[str, str], log_path: Path) -> Server:
+    """`manage.py serve` (what `make serve` runs) on a free port; returns once /health says ok."""
+    port = free_port()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    srv = Server(base_url=f"http://127.0.0.1:{port}", env=env, process=process, log_path=log_path)
+    deadline = time.monotonic() + 180
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            srv.stop()
+            raise AssertionError(f"{log_path.name}: the server did not become healthy:\n{srv.log()}")
+        try:
+            if httpx.get(f"{srv.base_url}/health", timeout=2).json().get("status") == "ok":
+                return srv
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+
 
 def _admin_conn() -> psycopg.Connection:
     db = settings.DATABASES["default"]
@@ -76,7 +108,6 @@ def server() -> Iterator[Server]:
     db = settings.DATABASES["default"]
     assert db["ENGINE"] == "django.db.backends.postgresql", "the end-to-end tests run against Postgres"
     name = f"test_axserving_e2e_{uuid.uuid4().hex[:8]}"
-    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{name}",
@@ -87,32 +118,11 @@ def server() -> Iterator[Server]:
         "AXS_HEARTBEAT_INTERVAL": "1",
         "PYTHONUNBUFFERED": "1",
     }
-    ARTIFACTS.mkdir(exist_ok=True)
-    log_path = ARTIFACTS / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    srv = Server(base_url=f"http://127.0.0.1:{port}", env=env, process=process, log_path=log_path)
+    srv = start_all_in_one(env, ARTIFACTS / "server.log")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, f"server exited early:\n{srv.log()}"
-            assert time.monotonic() < deadline, f"server not healthy in time:\n{srv.log()}"
-            try:
-                if httpx.get(f"{srv.base_url}/health", timeout=2).json().get("status") == "ok":
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
         yield srv
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        srv.stop()
         with _admin_conn() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 

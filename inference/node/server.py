@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .engine import DONE, Delta, EngineError, Finished, Job, ModelWorker, QueueFull
+from .engine import DONE, Delta, EngineError, Job, ModelWorker, QueueFull
 from .openai import Choice, Shape, embedding_item, sampling_params, usage
 
 logger = logging.getLogger(__name__)

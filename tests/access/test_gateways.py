@@ -6,20 +6,17 @@ last test here proves that a clean shutdown loses nothing.
 """
 
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import orjson
 import psycopg
 import pytest
 import redis
 
-from tests.conftest import ARTIFACTS, ROOT, Server, free_port
+from tests.conftest import ARTIFACTS, Server, start_all_in_one
 
 TOKENIZE = {"model": "smollm2", "content": "hello"}
 
@@ -31,34 +28,12 @@ def gateway_b(server: Server) -> Iterator[Server]:
     for name in client.scan_iter("axs:q:*"):
         client.delete(name)
     client.close()
-    port = free_port()
     env = {**server.env, "AXS_NODE_NAME": "e2e-node-b", "AXS_LOG_FLUSH_SECONDS": "3600"}
-    log_path = ARTIFACTS / "server-b.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    gateway = Server(base_url=f"http://127.0.0.1:{port}", env=env, process=process, log_path=log_path)
+    gateway = start_all_in_one(env, ARTIFACTS / "server-b.log")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, f"gateway B exited early:\n{gateway.log()}"
-            assert time.monotonic() < deadline, f"gateway B not healthy in time:\n{gateway.log()}"
-            try:
-                if httpx.get(f"{gateway.base_url}/health", timeout=2).json().get("status") == "ok":
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
         yield gateway
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        gateway.stop()
 
 
 @pytest.fixture(scope="module")
