@@ -97,7 +97,6 @@ class Sampling(_Request):
     stop: list[str] | None = None
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
     n: Annotated[int, Field(ge=1, le=16)] | None = None
-    logprobs: Any = None
     user: Annotated[str, Field(max_length=256)] | None = None
 
     @field_validator("stream_options")
@@ -125,18 +124,12 @@ class Sampling(_Request):
             raise ValueError("Expected a string or a list of strings.")
         return value
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: Any) -> Any:
-        if value:
-            raise ValueError("logprobs are not supported yet.")
-        return value
-
 
 class ChatCompletionRequest(Sampling):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     tools: Any = None
     tool_choice: Any = None
@@ -151,6 +144,7 @@ class ChatCompletionRequest(Sampling):
 
 class CompletionRequest(Sampling):
     prompt: list[str | list[int]]
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     echo: bool = False
     suffix: str | None = None
 

@@ -37,6 +37,7 @@ CASES = [
     ("prompt-too-long", "/v1/chat/completions", chat(messages=[{"role": "user", "content": LONG_PROMPT}]), 400, "invalid_request_error", "messages"),
     ("completion-prompt-too-long", "/v1/completions", {"model": "smollm2", "prompt": LONG_PROMPT}, 400, "invalid_request_error", "prompt"),
     ("completion-prompt-missing", "/v1/completions", {"model": "smollm2"}, 400, "invalid_request_error", "prompt"),
+    ("completion-logprobs-9", "/v1/completions", {"model": "smollm2", "prompt": "x", "logprobs": 9}, 400, "invalid_request_error", "logprobs"),
     ("completion-bad-token", "/v1/completions", {"model": "smollm2", "prompt": [10**9]}, 400, "invalid_request_error", "prompt"),
     ("embedding-empty-input", "/v1/embeddings", {"model": "smollm2", "input": []}, 400, "invalid_request_error", "input"),
     ("embedding-bad-format", "/v1/embeddings", {"model": "smollm2", "input": "x", "encoding_format": "hex"}, 400, "invalid_request_error", "encoding_format"),

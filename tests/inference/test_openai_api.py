@@ -152,3 +152,21 @@ def test_model_lookup_accepts_id_and_alias(http, path):
 
     assert response.status_code == 200
     assert response.json()["id"] == "smollm2"
+
+
+def test_chat_logprobs_list_each_token_with_alternatives(openai_client):
+    completion = openai_client.chat.completions.create(
+        model="smollm2", messages=CHAT, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2
+    )
+
+    entries = completion.choices[0].logprobs.content
+    assert "".join(e.token for e in entries) == completion.choices[0].message.content
+    assert all(e.logprob <= 0 and len(e.top_logprobs) == 2 for e in entries)
+
+
+def test_completion_logprobs_are_parallel_lists(openai_client):
+    completion = openai_client.completions.create(model="smollm2", prompt="1, 2, 3,", max_tokens=4, temperature=0, logprobs=3)
+
+    lp = completion.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
+    assert "".join(lp.tokens) == completion.choices[0].text
