@@ -15,7 +15,8 @@ import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from axserving.errors import NotFound, ServiceUnavailable
+from axserving.errors import ServiceUnavailable
+from models_registry.errors import ModelNotFound
 
 from . import hot, policies
 from .selectors import ModelView, Route, RoutingTable, build_routing_table, list_routable
@@ -88,7 +89,7 @@ def resolve_model(table: RoutingTable, name: str) -> ModelView:
     """The model a request names, or 404 in the OpenAI envelope."""
     view = table.find(name)
     if view is None:
-        raise NotFound(f"The model '{name}' does not exist.", param="model", code="model_not_found")
+        raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
     return view
 
 

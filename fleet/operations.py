@@ -18,7 +18,7 @@ from axserving.access.selectors import get_api_key
 from axserving.errors import ApiError, AuthenticationFailed, PermissionDenied
 
 from . import collectors, health, status
-from axserving.access.permissions import HasAdminScope as AdminScope
+from axserving.access.permissions import AdminAPIView
 
 collectors.register()
 
@@ -69,10 +69,9 @@ def _node_figures(node: status.NodeData) -> dict[str, Any]:
     return {k: node[k] for k in keys}  # type: ignore[literal-required]
 
 
-class AdminStatusView(APIView):
+class AdminStatusView(AdminAPIView):
     """Health, this gateway's figures, nodes and models in one answer."""
 
-    permission_classes = [AdminScope]
 
     def get(self, request: Request) -> Response:
         nodes, problem = status.safe_node_data()
@@ -96,19 +95,17 @@ class AdminStatusView(APIView):
         )
 
 
-class AdminDiagnosticsView(APIView):
+class AdminDiagnosticsView(AdminAPIView):
     """Versions, configuration (secrets redacted), dependency checks and loaded models."""
 
-    permission_classes = [AdminScope]
 
     def get(self, request: Request) -> Response:
         return Response(status.get_diagnostics())
 
 
-class AdminStartupReportView(APIView):
+class AdminStartupReportView(AdminAPIView):
     """How this process started: storage chosen, fallbacks, deploy checks, warnings."""
 
-    permission_classes = [AdminScope]
 
     def get(self, request: Request) -> Response:
         return Response(status.get_startup_report())

@@ -1,7 +1,7 @@
 from django.db.models import QuerySet
 
-from .errors import ModelNotFound
-from .models import RegisteredModel
+from .errors import DeploymentNotFound, ModelNotFound
+from .models import Deployment, RegisteredModel
 
 
 def list_models() -> QuerySet[RegisteredModel]:
@@ -18,15 +18,11 @@ def get_model(*, name: str) -> RegisteredModel:
     return model
 
 
-def list_deployments():  # type: ignore[no-untyped-def]
-    from .models import Deployment
-
+def list_deployments() -> QuerySet[Deployment]:
     return Deployment.objects.select_related("model", "node").order_by("-updated_at")
 
 
-def get_deployment(*, deployment_id: int):  # type: ignore[no-untyped-def]
-    from .errors import DeploymentNotFound
-
+def get_deployment(*, deployment_id: int) -> Deployment:
     deployment = list_deployments().filter(pk=deployment_id).first()
     if deployment is None:
         raise DeploymentNotFound(param="id")

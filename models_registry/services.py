@@ -146,9 +146,10 @@ def register_bundled_model(*, progress: bool = False) -> RegisteredModel:
     )
 
 
-def _enqueue(task: object, deployment: Deployment) -> None:
-    queue = f"node.{deployment.node.name}"
-    transaction.on_commit(lambda: task.apply_async(kwargs={"deployment_id": deployment.pk}, queue=queue))  # type: ignore[attr-defined]
+def _enqueue(task: object, deployment: Deployment, node: Node) -> None:
+    """Send the task to the node's own queue once the transaction commits."""
+    queue, deployment_id = f"node.{node.name}", deployment.pk
+    transaction.on_commit(lambda: task.apply_async(kwargs={"deployment_id": deployment_id}, queue=queue))  # type: ignore[attr-defined]
 
 
 @transaction.atomic
@@ -174,7 +175,7 @@ def deploy_model(*, model_name: str, node_name: str | None = None, actor: str) -
         defaults={"desired": Deployment.Desired.LOADED, "state": Deployment.State.PENDING, "progress": 0, "error": "", "updated_at": now},
     )
     record_event(actor=actor, action="deployment.load_requested", target=f"deployment:{deployment.pk}", data={"model": model.name, "node": node.name})
-    _enqueue(tasks.load_model, deployment)
+    _enqueue(tasks.load_model, deployment, node)
     return deployment
 
 
@@ -192,7 +193,7 @@ def unload_model(*, model_name: str, actor: str) -> list[Deployment]:
             actor=actor, action="deployment.unload_requested", target=f"deployment:{deployment.pk}",
             data={"model": model.name, "node": deployment.node.name, "before": before},
         )
-        _enqueue(tasks.unload_model, deployment)
+        _enqueue(tasks.unload_model, deployment, deployment.node)
     return deployments
 
 
@@ -205,7 +206,7 @@ def reload_model(*, model_name: str, actor: str) -> list[Deployment]:
         raise NothingToReload(f"'{model.name}' is not loaded anywhere.", param="id")
     for deployment in deployments:
         record_event(actor=actor, action="deployment.reload_requested", target=f"deployment:{deployment.pk}", data={"model": model.name, "node": deployment.node.name})
-        _enqueue(tasks.reload_model, deployment)
+        _enqueue(tasks.reload_model, deployment, deployment.node)
     return deployments
 
 
@@ -299,8 +300,7 @@ def evict_idle_models() -> int:
                 actor="system", action="deployment.evicted", target=f"deployment:{locked.pk}",
                 data={"model": deployment.model.name, "node": deployment.node.name, "idle_since": idle_since.isoformat()},
             )
-            locked.node = deployment.node
-            _enqueue(tasks.unload_model, locked)
+            _enqueue(tasks.unload_model, locked, deployment.node)
         evicted += 1
     return evicted
 

@@ -215,6 +215,10 @@ class NodeRuntime:
             time.sleep(0.05)
         worker.stop()
 
+    def _busy(self) -> bool:
+        stats = self.app.stats()
+        return stats["inflight"] + stats["queued"] > 0
+
     def workers_ready(self) -> bool:
         return any(w.ready for w in self.workers.values())
 
@@ -295,5 +299,5 @@ class NodeRuntime:
         except Exception:
             logger.warning("Could not report draining", exc_info=True)
         deadline = time.monotonic() + settings.AXS_SHUTDOWN_GRACE
-        while self.app.stats()["inflight"] + self.app.stats()["queued"] > 0 and time.monotonic() < deadline:
+        while self._busy() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
