@@ -16,8 +16,9 @@ from axserving import metrics
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-# The OpenAI API routes (by URL name) whose requests the serving metrics count.
-OPENAI_ROUTES = frozenset({"chat-completions", "completions", "embeddings", "tokenize", "detokenize", "models", "model-detail"})
+# The OpenAI API routes Django serves (by URL name) whose requests the serving metrics count; the
+# inference POSTs are counted by their consumer (inference/consumers.py).
+OPENAI_ROUTES = frozenset({"models", "model-detail"})
 
 
 def request_id_for(request: HttpRequest) -> str:
@@ -35,11 +36,7 @@ def _error_of(response: HttpResponseBase) -> tuple[str, str]:
         return "unknown", ""
 
 
-def _record(request: HttpRequest, response: HttpResponseBase, overhead: float | None) -> None:
-    match = request.resolver_match
-    if match is None or match.url_name not in OPENAI_ROUTES:
-        return
-    endpoint = match.route.removeprefix("v1/")  # a route pattern: bounded
+def _record(request: Any, response: HttpResponseBase, overhead: float | None, endpoint: str) -> None:
     model = getattr(request, "axs_model", "")
     status = response.status_code
     metrics.record_request(
@@ -52,15 +49,29 @@ def _record(request: HttpRequest, response: HttpResponseBase, overhead: float | 
         metrics.record_overhead(endpoint=endpoint, seconds=overhead)
 
 
-def _finish(request: HttpRequest, response: HttpResponseBase, started: float) -> HttpResponseBase:
-    response["X-Request-ID"] = request.request_id  # type: ignore[attr-defined]
+def stamp(request: Any, response: HttpResponseBase, *, endpoint: str | None) -> HttpResponseBase:
+    """Stamp X-Request-ID and x-gateway-overhead-ms on an answer; count it in the serving metrics when `endpoint` is set.
+
+    `request` is an HttpRequest or the HTTP consumer's ApiRequest (anything with `request_id`,
+    `axs_started` and, once known, `node_seconds`, `axs_model` and `api_key`).
+    """
+    response["X-Request-ID"] = request.request_id
     node_seconds = getattr(request, "node_seconds", None)
     overhead = None
     if node_seconds is not None:
-        overhead = max(time.perf_counter() - started - node_seconds, 0.0)
+        overhead = max(time.perf_counter() - request.axs_started - node_seconds, 0.0)
         response["x-gateway-overhead-ms"] = f"{overhead * 1000:.2f}"
-    _record(request, response, overhead)
+    if endpoint is not None:
+        _record(request, response, overhead, endpoint)
     return response
+
+
+def _finish(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    match = request.resolver_match
+    endpoint = None
+    if match is not None and match.url_name in OPENAI_ROUTES:
+        endpoint = match.route.removeprefix("v1/")  # a route pattern: bounded
+    return stamp(request, response, endpoint=endpoint)
 
 
 class RequestIdMiddleware:
@@ -77,20 +88,18 @@ class RequestIdMiddleware:
     def __call__(self, request: HttpRequest):  # type: ignore[no-untyped-def]
         if iscoroutinefunction(self):
             return self.__acall__(request)
-        started = time.perf_counter()
         request.request_id = request_id_for(request)  # type: ignore[attr-defined]
-        request.axs_started = started  # type: ignore[attr-defined]
-        return _finish(request, self.get_response(request), started)  # type: ignore[arg-type]
+        request.axs_started = time.perf_counter()  # type: ignore[attr-defined]
+        return _finish(request, self.get_response(request))  # type: ignore[arg-type]
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         from fleet import ticker
 
-        started = time.perf_counter()
+        request.axs_started = time.perf_counter()  # type: ignore[attr-defined]
         ticker.ensure_running()  # the dashboard's per-process figures; a no-op once started
         request.request_id = request_id_for(request)  # type: ignore[attr-defined]
-        request.axs_started = started  # type: ignore[attr-defined]
         response = await self.get_response(request)  # type: ignore[misc]
-        return _finish(request, response, started)
+        return _finish(request, response)
 
 
 class _InlineMixin:

@@ -34,11 +34,6 @@ urlpatterns = [
     path("v1/admin/status", operations.AdminStatusView.as_view(), name="admin-status"),
     path("v1/admin/diagnostics", operations.AdminDiagnosticsView.as_view(), name="admin-diagnostics"),
     path("v1/admin/startup-report", operations.AdminStartupReportView.as_view(), name="admin-startup-report"),
-    path("v1/chat/completions", inference.chat_completions, name="chat-completions"),
-    path("v1/completions", inference.completions, name="completions"),
-    path("v1/embeddings", inference.embeddings, name="embeddings"),
-    path("v1/tokenize", inference.tokenize, name="tokenize"),
-    path("v1/detokenize", inference.detokenize, name="detokenize"),
     path("v1/models", by_method(inference.models_list, POST=lifecycle.ModelCreateView.as_view()), name="models"),
     path(
         "v1/models/<str:model_id>",

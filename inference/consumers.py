@@ -1,23 +1,152 @@
-"""WebSocket inference: a thin consumer over inference.realtime (see its docstring for the protocol)."""
+"""The OpenAI inference POSTs over HTTP, and WebSocket inference (see inference.realtime for its protocol).
+
+Both are thin Channels consumers routed in asgi.py ahead of Django's request stack: the hot
+path needs no session, middleware chain, request signals or ORM, and each of those costs a
+thread hop per request under ASGI (docs/benchmarks.md).
+"""
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
+from channels.generic.http import AsyncHttpConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.http import HttpResponseBase
+from django.utils.datastructures import CaseInsensitiveMapping
 
 from axserving import metrics
 from axserving.access.selectors import KeyInfo
-from axserving.errors import ApiError, AuthenticationFailed, server_error_body
+from axserving.errors import ApiError, AuthenticationFailed, BodyTooLarge, error_response, server_error_body
+from axserving.middleware import request_id_for, stamp
+from fleet import ticker
 
-from . import realtime
+from . import realtime, services, views
 
 logger = logging.getLogger(__name__)
 
 
-class RealtimeCompletionsConsumer(AsyncWebsocketConsumer):
+class _NoConnectionCleanup:
+    """Channels' dispatch minus its per-message close_old_connections thread hop: these consumers use no ORM
+    connection of their own (keys come from the process cache, usage rows from a buffered writer)."""
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+
+@dataclass(slots=True)
+class ApiRequest:
+    """What the OpenAI views, governance and `services.aforward` read from an HttpRequest, built from the ASGI scope."""
+
+    method: str
+    path: str
+    headers: CaseInsensitiveMapping[str]
+    body: bytes
+    client: str
+    axs_started: float
+    request_id: str = ""
+    api_key: KeyInfo | None = None
+    axs_model: str = ""
+    node_seconds: float | None = None
+    priority: int = 0
+
+    @property
+    def META(self) -> dict[str, str]:  # noqa: N802  (HttpRequest's name: the rejection audit reads the client address)
+        return {"REMOTE_ADDR": self.client}
+
+    @classmethod
+    def from_scope(cls, scope: dict[str, Any], body: bytes, started: float) -> "ApiRequest":
+        headers = CaseInsensitiveMapping({name.decode("latin1"): value.decode("latin1") for name, value in scope["headers"]})
+        client = scope.get("client") or ("", 0)
+        request = cls(method=scope["method"], path=scope["path"], headers=headers, body=body, client=client[0], axs_started=started)
+        request.request_id = request_id_for(request)  # type: ignore[arg-type]
+        return request
+
+
+# Path -> (metrics endpoint label, view). Everything else under /v1 is Django's (asgi.py).
+OPENAI_POSTS = {
+    "/v1/chat/completions": ("chat/completions", views.chat_completions),
+    "/v1/completions": ("completions", views.completions),
+    "/v1/embeddings": ("embeddings", views.embeddings),
+    "/v1/tokenize": ("tokenize", views.tokenize),
+    "/v1/detokenize": ("detokenize", views.detokenize),
+}
+
+
+class OpenAIHttpConsumer(_NoConnectionCleanup, AsyncHttpConsumer):
+    """Answer one OpenAI inference request (the views in inference.views); a client that leaves cancels it on the node.
+
+    The answer runs as its own task so the client's disconnect is seen while it streams: Daphne
+    sends `http.disconnect` when the client goes away or once the answer is complete.
+    """
+
+    channel_layer_alias = None  # type: ignore[assignment]  (no layer: nothing is sent to a request from elsewhere)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = time.perf_counter()
+        self.size = 0
+        self.task: asyncio.Task[None] | None = None
+        self.answered = False
+
+    async def http_request(self, message: dict[str, Any]) -> None:
+        if self.task is not None:
+            return  # the rest of a body already refused as too large
+        chunk = message.get("body", b"")
+        self.size += len(chunk)
+        if self.size > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+            self.body.clear()
+            self.task = asyncio.create_task(self.answer(None))
+        elif message.get("more_body"):
+            self.body.append(chunk)
+        else:
+            self.body.append(chunk)
+            self.task = asyncio.create_task(self.answer(b"".join(self.body)))
+
+    async def http_disconnect(self, message: dict[str, Any]) -> None:
+        if self.task is not None:
+            if not self.answered:
+                self.task.cancel()  # the client left: the relay closes its node connection, the node frees the slot
+            await asyncio.gather(self.task, return_exceptions=True)
+        raise StopConsumer()
+
+    async def answer(self, body: bytes | None) -> None:
+        ticker.ensure_running()  # the dashboard's per-process figures; a no-op once started
+        request = ApiRequest.from_scope(self.scope, body or b"", self.started)
+        endpoint, view = OPENAI_POSTS[self.scope["path"]]
+        try:
+            response: HttpResponseBase = BodyTooLarge().to_response() if body is None else await view(request)
+        except Exception:
+            logger.exception("Request failed", extra={"request_id": request.request_id})
+            response = error_response(server_error_body(), 500)
+        stamp(request, response, endpoint=endpoint)
+        headers = [(name.encode("latin1"), value.encode("latin1")) for name, value in response.items()]
+        if isinstance(response, services.EventStream):
+            await self.send_headers(status=response.status_code, headers=headers)
+            try:
+                async for chunk in response.events:
+                    await self.send_body(chunk, more_body=True)
+            finally:
+                await response.events.aclose()  # runs the relay's accounting now, even when the client left mid-stream
+            self.answered = True
+            await self.send_body(b"")
+            return
+        content = response.content  # type: ignore[attr-defined]
+        headers.append((b"content-length", str(len(content)).encode()))
+        await self.send_headers(status=response.status_code, headers=headers)
+        self.answered = True
+        await self.send_body(content)
+
+
+class RealtimeCompletionsConsumer(_NoConnectionCleanup, AsyncWebsocketConsumer):
     """Stream chat/completions over one socket, one request at a time; cancel frees the node slot (no DB per message)."""
 
     # No channel layer: nothing is sent to this socket from elsewhere, and a layer would add a
@@ -29,14 +158,6 @@ class RealtimeCompletionsConsumer(AsyncWebsocketConsumer):
     task: asyncio.Task[None] | None = None
     current: realtime.RealtimeRequest | None = None
     authorization = ""
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        """Channels' dispatch minus its per-message close_old_connections thread hop: this consumer uses no ORM
-        connection of its own (keys come from the process cache)."""
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
 
     async def connect(self) -> None:
         await self.accept()

@@ -4,7 +4,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +106,7 @@ async def _relay(
     on_complete: OnComplete | None = None,
     flight: Flight | None = None,
     started: float | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Pass the node's SSE bytes through; end with an error event if the node stops mid-way.
 
     SSE and WebSocket clients both read this one relay; `started` (perf_counter at arrival)
@@ -141,6 +141,17 @@ async def _relay(
         if outcome is not None and on_complete is not None:
             outcome.usage = _usage_in(tail)
             on_complete(outcome)
+
+
+class EventStream(StreamingHttpResponse):
+    """The node's event stream on its way to the client; `events` is the relay, which a consumer closes when the client leaves."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None], node: str) -> None:
+        super().__init__(events, content_type="text/event-stream")
+        self.events = events
+        self["Cache-Control"] = "no-cache"
+        self["X-Accel-Buffering"] = "no"
+        self["X-Node"] = node
 
 
 def _plain(response: aiohttp.ClientResponse, body: bytes, node: str) -> HttpResponse:
@@ -231,12 +242,7 @@ async def _forward(
         if stream and response.status == 200:
             request.node_seconds = time.perf_counter() - sent
             outcome = Outcome(model=view.name, node=route.node, status=200, usage=None, endpoint=endpoint)
-            relay = _relay(response, request.request_id, outcome, on_complete, flight, started)
-            out = StreamingHttpResponse(relay, content_type="text/event-stream")
-            out["Cache-Control"] = "no-cache"
-            out["X-Accel-Buffering"] = "no"
-            out["X-Node"] = route.node
-            return out
+            return EventStream(_relay(response, request.request_id, outcome, on_complete, flight, started), route.node)
         try:
             data = await response.read()
         finally:
