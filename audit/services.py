@@ -129,8 +129,25 @@ def record_events(*, events: Iterable[Mapping[str, Any]]) -> int:
     return len(rows)
 
 
+_USAGE_COLUMNS = (
+    "created_at", "request_id", "key_id", "project_id", "endpoint", "model", "node",
+    "status", "prompt_tokens", "completion_tokens", "total_tokens", "latency_ms",
+)  # fmt: skip
+
+
 def record_usage(*, records: Iterable[Mapping[str, Any]]) -> int:
-    """Insert a batch of request/usage log rows (DB)."""
+    """Insert a batch of request/usage log rows (DB): one COPY on PostgreSQL, bulk INSERTs elsewhere.
+
+    The log is written for every request, so its cost shows in the gateway's CPU per request;
+    COPY costs a fraction of building and compiling model instances.
+    """
+    records = list(records)
+    if connection.vendor == "postgresql":
+        table = connection.ops.quote_name(UsageRecord._meta.db_table)
+        with connection.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(_USAGE_COLUMNS)}) FROM STDIN") as copy:
+            for record in records:
+                copy.write_row([record.get(column) for column in _USAGE_COLUMNS])
+        return len(records)
     rows = [
         UsageRecord(**{**record, "created_at": datetime.fromisoformat(record["created_at"])})
         if isinstance(record.get("created_at"), str)
