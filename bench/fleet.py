@@ -13,6 +13,7 @@ import random
 import statistics
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ SCALING_TARGET = 0.95  # N nodes give at least 0.95 x N times one node's req/s
 DISPATCH_P99_TARGET_MS = 0.2
 DISPATCH_TARGET_SIZE = 256
 CHUNKS = 16  # what a stub node streams per request
+SETTLE_SECONDS = 3.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,13 +51,24 @@ class Round:
     failures: int = 0
     wall: float = 0.0
     gateway_cpu: float = 0.0
+    to_full_node: int = 0  # requests a node had to queue because all its slots were busy
 
     @property
     def rps(self) -> float:
         return len(self.latencies) / self.wall if self.wall else 0.0
 
 
-async def load_round(gw: Gateway, model: str, *, clients: int, per_client: int, progress: tqdm | None = None) -> Round:
+async def waited_at_stubs(http: aiohttp.ClientSession, stubs: Sequence[str]) -> int:
+    total = 0
+    for address in stubs:
+        async with http.get(f"{address}/internal/stats") as r:
+            total += int((await r.json())["waited"])
+    return total
+
+
+async def load_round(
+    gw: Gateway, model: str, *, clients: int, per_client: int, stubs: Sequence[str] = (), progress: tqdm | None = None
+) -> Round:
     """`clients` streaming clients, each sending `per_client` chat requests back to back."""
     result = Round()
     body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": CHUNKS, "stream": True}
@@ -83,20 +96,24 @@ async def load_round(gw: Gateway, model: str, *, clients: int, per_client: int, 
                 if progress is not None:
                     progress.update(1)
 
+        waited_before = await waited_at_stubs(http, stubs)
         cpu_before = cpu_seconds(gw.pid)
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         result.wall = time.perf_counter() - started
         result.gateway_cpu = cpu_seconds(gw.pid) - cpu_before
+        result.to_full_node = await waited_at_stubs(http, stubs) - waited_before
     return result
 
 
-def start_fleet(gw: Gateway, *, nodes: int, slots: int, token_delay: float) -> None:
-    """Node i serves fleet-i..fleet-NODES, so model fleet-N is routed over exactly nodes 1..N."""
+def start_fleet(gw: Gateway, *, nodes: int, slots: int, token_delay: float) -> list[str]:
+    """Node i serves fleet-i..fleet-NODES, so model fleet-N is routed over exactly nodes 1..N; returns their addresses."""
     for n in range(1, nodes + 1):
         gw.alias_bundled_model(f"fleet-{n}")
-    for i in range(1, nodes + 1):
+    return [
         gw.start_stub(f"fleet-node-{i}", models=[f"fleet-{n}" for n in range(i, nodes + 1)], slots=slots, token_delay=token_delay)
+        for i in range(1, nodes + 1)
+    ]
 
 
 def wait_spread(gw: Gateway, *, nodes: int, slots: int, timeout: float = 90) -> None:
@@ -122,6 +139,7 @@ class Throughput:
     p99_ms: float
     gateway_cores: float  # gateway CPU seconds per wall second
     spread: str  # share of requests per node
+    to_full_node: float  # share of requests sent to a node with no free slot
     failures: int
 
 
@@ -138,6 +156,7 @@ def summarize_throughput(nodes: int, clients: int, rounds: list[Round]) -> Throu
         p99_ms=statistics.median(percentile(r.latencies, 0.99) for r in rounds) * 1000,
         gateway_cores=statistics.median(r.gateway_cpu / r.wall for r in rounds),
         spread=" / ".join(f"{100 * count / total:.0f}%" for _, count in sorted(per_node.items())),
+        to_full_node=sum(r.to_full_node for r in rounds) / total,
         failures=sum(r.failures for r in rounds),
     )
 
@@ -145,14 +164,15 @@ def summarize_throughput(nodes: int, clients: int, rounds: list[Round]) -> Throu
 def throughput_table(results: list[Throughput]) -> str:
     one = next((t.rps for t in results if t.nodes == 1), 0.0)
     lines = [
-        "| nodes | clients | req/s | vs 1 node | target | p50 (ms) | p99 (ms) | gateway CPU (cores) | requests per node | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| nodes | clients | req/s | vs 1 node | target | p50 (ms) | p99 (ms) | gateway CPU (cores) | requests per node "
+        "| sent to a full node | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in results:
         ratio = t.rps / one if one else float("nan")
         lines.append(
             f"| {t.nodes} | {t.clients} | {t.rps:.1f} | {ratio:.2f}x | >= {SCALING_TARGET * t.nodes:.2f}x | {t.p50_ms:.0f} "
-            f"| {t.p99_ms:.0f} | {t.gateway_cores:.2f} | {t.spread} | {t.failures} |"
+            f"| {t.p99_ms:.0f} | {t.gateway_cores:.2f} | {t.spread} | {100 * t.to_full_node:.1f}% | {t.failures} |"
         )
     return "\n".join(lines)
 
@@ -172,8 +192,9 @@ def measure_throughput(args: argparse.Namespace) -> list[Throughput]:
     rounds: dict[int, list[Round]] = {}
     levels = list(range(1, args.nodes + 1))
     with gateway(redis_db=11) as gw:
-        start_fleet(gw, nodes=args.nodes, slots=args.slots, token_delay=args.token_delay)
+        stubs = start_fleet(gw, nodes=args.nodes, slots=args.slots, token_delay=args.token_delay)
         wait_spread(gw, nodes=args.nodes, slots=args.slots)
+        time.sleep(SETTLE_SECONDS)
         total = args.reps * sum(args.slots * n * args.requests_per_client for n in levels)
         with tqdm(total=total, unit="req", desc="bench fleet: throughput") as progress:
             for rep in range(args.reps):
@@ -181,9 +202,14 @@ def measure_throughput(args: argparse.Namespace) -> list[Throughput]:
                 for n in levels if rep % 2 == 0 else levels[::-1]:
                     progress.set_postfix_str(f"rep {rep + 1} nodes={n}")
                     outcome = asyncio.run(
-                        load_round(gw, f"fleet-{n}", clients=args.slots * n, per_client=args.requests_per_client, progress=progress)
+                        load_round(
+                            gw, f"fleet-{n}", clients=args.slots * n, per_client=args.requests_per_client, stubs=stubs, progress=progress
+                        )
                     )
                     rounds.setdefault(n, []).append(outcome)
+                    # Let the stubs heartbeat their idle state into the routing table before the next round, so no
+                    # round starts with the last one's in-flight counts (heartbeat every 1 s, table refresh every 1 s).
+                    time.sleep(SETTLE_SECONDS)
     return [summarize_throughput(n, args.slots * n, rounds[n]) for n in levels]
 
 

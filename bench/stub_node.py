@@ -42,11 +42,16 @@ class Stub:
         self.slots = asyncio.Semaphore(slots)
         self.inflight = 0
         self.queued = 0
+        self.served = 0
+        self.waited = 0  # requests that found every slot busy: the dispatcher sent them here anyway
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         rid = request.headers.get("X-Request-ID", "x")
         model = body.get("model", "m")
+        self.served += 1
+        if self.slots.locked():
+            self.waited += 1
         self.queued += 1
         try:
             await self.slots.acquire()
@@ -73,12 +78,16 @@ class Stub:
             self.inflight -= 1
             self.slots.release()
 
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"served": self.served, "waited": self.waited, "inflight": self.inflight})
+
 
 async def serve(*, name: str, port: int, gateway: str, token: str, models: list[str], token_delay: float, slots: int) -> None:
     stub = Stub(name, token_delay, slots)
     app = web.Application()
     app.router.add_post("/internal/v1/chat/completions", stub.chat)
     app.router.add_post("/internal/v1/completions", stub.chat)
+    app.router.add_get("/internal/stats", stub.stats)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -5,7 +5,7 @@ from bench.soak import Quarter, soak_misses
 
 
 def throughput(nodes: int, rps: float, failures: int = 0) -> Throughput:
-    return Throughput(nodes=nodes, clients=8 * nodes, rps=rps, p50_ms=320, p99_ms=340, gateway_cores=0.2, spread="", failures=failures)
+    return Throughput(nodes=nodes, clients=8 * nodes, rps=rps, p50_ms=320, p99_ms=340, gateway_cores=0.2, spread="", to_full_node=0.0, failures=failures)
 
 
 def quarter(index: int, *, p95_ms: float, rss_mb: float) -> Quarter:
