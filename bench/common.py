@@ -105,6 +105,22 @@ def add_stub_arguments(parser: argparse.ArgumentParser, *, nodes: int, slots: in
     parser.add_argument("--no-record", action="store_true", help="do not append to docs/benchmarks.md")
 
 
+def setup_django() -> None:
+    """Django in this process, for the project's own code (no database use); quiet unless something goes wrong."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "axserving.settings")
+    os.environ.setdefault("AXS_LOG_LEVEL", "WARNING")
+    import django
+
+    django.setup()
+
+
+def bundled_model() -> str:
+    setup_django()
+    from models_registry.services import bundled_model_path
+
+    return str(bundled_model_path())
+
+
 @dataclass
 class Gateway:
     """A running `rungateway` process with its own database, an API key, and the stub nodes started on it."""
@@ -125,13 +141,7 @@ class Gateway:
 
     def alias_bundled_model(self, name: str) -> None:
         """Register the bundled GGUF under another model id (stub nodes never load it; it only names a route set)."""
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "axserving.settings")
-        import django
-
-        django.setup()
-        from models_registry.services import bundled_model_path
-
-        self.manage("models", "register", str(bundled_model_path()), "--id", name)
+        self.manage("models", "register", bundled_model(), "--id", name)
 
     def start_stub(self, name: str, *, models: list[str], slots: int, token_delay: float) -> str:
         """Start a stub node that registers and heartbeats through this gateway; returns its address."""

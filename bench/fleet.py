@@ -8,7 +8,6 @@ Dispatch: the real `fleet.dispatch.pick_route` on a routing table of simulated n
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import time
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from tqdm import tqdm
 
-from bench.common import Gateway, add_stub_arguments, cpu_seconds, finish, gateway, header, percentile, verdict
+from bench.common import NODE_TOKEN, Gateway, add_stub_arguments, cpu_seconds, finish, gateway, header, percentile, setup_django, verdict
 
 if TYPE_CHECKING:  # importing Django models needs django.setup(), which only the dispatch part does
     from fleet.selectors import ModelView
@@ -33,7 +32,7 @@ SETTLE_SECONDS = 3.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_stub_arguments(parser, nodes=3, slots=8, token_delay=0.02)  # measures 1..NODES
+    add_stub_arguments(parser, nodes=3, slots=4, token_delay=0.02)  # measures 1..NODES
     parser.add_argument("--requests-per-client", type=int, default=8, help="back-to-back requests per client per round")
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (medians reported)")
     parser.add_argument("--sizes", default="16,64,256", help="simulated fleet sizes for dispatch timing")
@@ -67,12 +66,20 @@ async def waited_at_stubs(http: aiohttp.ClientSession, stubs: Sequence[str]) -> 
 
 
 async def load_round(
-    gw: Gateway, model: str, *, clients: int, per_client: int, stubs: Sequence[str] = (), progress: tqdm | None = None
+    gw: Gateway,
+    model: str,
+    *,
+    clients: int,
+    per_client: int,
+    stubs: Sequence[str] = (),
+    direct: str = "",
+    progress: tqdm | None = None,
 ) -> Round:
-    """`clients` streaming clients, each sending `per_client` chat requests back to back."""
+    """`clients` streaming clients, each sending `per_client` chat requests back to back (to the stub at `direct`, if given)."""
     result = Round()
     body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": CHUNKS, "stream": True}
-    headers = {"Authorization": f"Bearer {gw.key}"}
+    url = f"{direct}/internal/v1/chat/completions" if direct else f"{gw.url}/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {NODE_TOKEN if direct else gw.key}"}
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as http:
 
@@ -81,11 +88,11 @@ async def load_round(
                 started = time.perf_counter()
                 tail = b""
                 try:
-                    async with http.post(f"{gw.url}/v1/chat/completions", json=body) as r:
+                    async with http.post(url, json=body) as r:
                         async for data in r.content.iter_any():
                             tail = (tail + data)[-64:]
                         ok = r.status == 200 and tail.endswith(b"data: [DONE]\n\n") and b'"error"' not in tail
-                        node = r.headers.get("X-Node", "?")
+                        node = r.headers.get("X-Node", "direct")
                 except (aiohttp.ClientError, TimeoutError):
                     ok = False
                 if ok:
@@ -162,6 +169,7 @@ def summarize_throughput(nodes: int, clients: int, rounds: list[Round]) -> Throu
 
 
 def throughput_table(results: list[Throughput]) -> str:
+    """One row per node count; nodes == 0 is the baseline straight to one stub, without the gateway."""
     one = next((t.rps for t in results if t.nodes == 1), 0.0)
     lines = [
         "| nodes | clients | req/s | vs 1 node | target | p50 (ms) | p99 (ms) | gateway CPU (cores) | requests per node "
@@ -170,8 +178,9 @@ def throughput_table(results: list[Throughput]) -> str:
     ]
     for t in results:
         ratio = t.rps / one if one else float("nan")
+        nodes, target = ("1, no gateway", "-") if t.nodes == 0 else (str(t.nodes), f">= {SCALING_TARGET * t.nodes:.2f}x")
         lines.append(
-            f"| {t.nodes} | {t.clients} | {t.rps:.1f} | {ratio:.2f}x | >= {SCALING_TARGET * t.nodes:.2f}x | {t.p50_ms:.0f} "
+            f"| {nodes} | {t.clients} | {t.rps:.1f} | {ratio:.2f}x | {target} | {t.p50_ms:.0f} "
             f"| {t.p99_ms:.0f} | {t.gateway_cores:.2f} | {t.spread} | {100 * t.to_full_node:.1f}% | {t.failures} |"
         )
     return "\n".join(lines)
@@ -187,30 +196,35 @@ def throughput_misses(results: list[Throughput]) -> list[str]:
     return missed
 
 
-def measure_throughput(args: argparse.Namespace) -> list[Throughput]:
+def measure_throughput(args: argparse.Namespace) -> tuple[list[Throughput], float]:
+    """Each node count's figures (0: one stub without the gateway) and the idle gateway's CPU in cores."""
     print(f"==> Gateway + {args.nodes} stub nodes ({args.slots} slots, {args.token_delay * 1000:.0f} ms x {CHUNKS} chunks)")
     rounds: dict[int, list[Round]] = {}
-    levels = list(range(1, args.nodes + 1))
+    idle: list[float] = []
+    levels = list(range(0, args.nodes + 1))
     with gateway(redis_db=11) as gw:
         stubs = start_fleet(gw, nodes=args.nodes, slots=args.slots, token_delay=args.token_delay)
         wait_spread(gw, nodes=args.nodes, slots=args.slots)
         time.sleep(SETTLE_SECONDS)
-        total = args.reps * sum(args.slots * n * args.requests_per_client for n in levels)
+        total = args.reps * sum(args.slots * max(n, 1) * args.requests_per_client for n in levels)
         with tqdm(total=total, unit="req", desc="bench fleet: throughput") as progress:
             for rep in range(args.reps):
                 # Alternate the order, so drift on a noisy machine hits every N alike.
                 for n in levels if rep % 2 == 0 else levels[::-1]:
-                    progress.set_postfix_str(f"rep {rep + 1} nodes={n}")
+                    progress.set_postfix_str(f"rep {rep + 1} nodes={n or 'direct'}")
                     outcome = asyncio.run(
                         load_round(
-                            gw, f"fleet-{n}", clients=args.slots * n, per_client=args.requests_per_client, stubs=stubs, progress=progress
+                            gw, f"fleet-{max(n, 1)}", clients=args.slots * max(n, 1), per_client=args.requests_per_client,
+                            stubs=stubs, direct="" if n else stubs[0], progress=progress,
                         )
                     )
                     rounds.setdefault(n, []).append(outcome)
                     # Let the stubs heartbeat their idle state into the routing table before the next round, so no
                     # round starts with the last one's in-flight counts (heartbeat every 1 s, table refresh every 1 s).
+                    cpu_before = cpu_seconds(gw.pid)
                     time.sleep(SETTLE_SECONDS)
-    return [summarize_throughput(n, args.slots * n, rounds[n]) for n in levels]
+                    idle.append((cpu_seconds(gw.pid) - cpu_before) / SETTLE_SECONDS)
+    return [summarize_throughput(n, args.slots * max(n, 1), rounds[n]) for n in levels], statistics.median(idle)
 
 
 # -- dispatch decision time -----------------------------------------------------------------
@@ -264,10 +278,7 @@ def time_pick_route(size: int, policy: str, calls: int, rng: random.Random) -> l
 
 def measure_dispatch(args: argparse.Namespace) -> dict[tuple[int, str], tuple[float, float]]:
     """Median over reps of each (size, policy)'s p50 and p99, in ms."""
-    import django
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "axserving.settings")
-    django.setup()
+    setup_django()
     from fleet.policies import POLICIES
 
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -311,12 +322,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             f"medians over {args.reps} reps):\n\n{dispatch_table(dispatch)}"
         )
     if args.only in ("all", "throughput"):
-        throughput = measure_throughput(args)
+        throughput, idle = measure_throughput(args)
         missed += throughput_misses(throughput)
         sections.append(
             f"Throughput through one gateway (streaming chat, {CHUNKS} chunks x {args.token_delay * 1000:.0f} ms per request, "
             f"{args.slots} slots per node, clients = slots x nodes, {args.requests_per_client} requests per client, "
-            f"medians over {args.reps} interleaved reps):\n\n{throughput_table(throughput)}"
+            f"medians over {args.reps} interleaved reps; the idle gateway, heartbeats and routing refreshes only, "
+            f"uses {idle:.2f} cores):\n\n{throughput_table(throughput)}"
         )
     report = (
         header(

@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 from tqdm import tqdm
 
-from bench.common import DOC, ROOT, append_report, command_line, free_port, machine, percentile, revision
+from bench.common import DOC, ROOT, append_report, bundled_model, command_line, free_port, machine, percentile, revision
 
 OURS, BASELINE = "axserving node", "llama_cpp.server"
 # Story openings: the model keeps writing, so requests rarely stop before max_tokens.
@@ -72,16 +72,6 @@ class Round:
     ttft: list[float] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)
     failures: int = 0
-
-
-def bundled_model() -> str:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "axserving.settings")
-    import django
-
-    django.setup()
-    from models_registry.services import bundled_model_path
-
-    return str(bundled_model_path())
 
 
 @contextmanager
