@@ -32,7 +32,7 @@ DONE = b"data: [DONE]\n\n"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=3.0, help="how long the load runs")
     parser.add_argument("--warmup", type=float, default=0.2, help="share of the run left out of the comparison")
-    parser.add_argument("--clients", type=int, default=12, help="concurrent clients")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     add_stub_arguments(parser, nodes=2, slots=8, token_delay=0.01)
     parser.add_argument("--disconnect-share", type=float, default=0.1, help="share of streams the client drops mid-way")
     parser.add_argument("--deadline", type=float, default=30.0, help="seconds after which an unfinished request is hung")
