@@ -211,8 +211,9 @@ def kind_table(soak: Soak) -> str:
     for kind in sorted({d.kind for d in soak.done}):
         rows = [d for d in soak.done if d.kind == kind]
         count = Counter(d.outcome for d in rows)
-        p95 = percentile([d.seconds for d in rows if d.outcome == "ok"], 0.95) * 1000
-        lines.append(f"| {kind} | {len(rows)} | {count['ok']} | {count['dropped']} | {count['hung']} | {count['error']} | {p95:.0f} |")
+        ok = [d.seconds for d in rows if d.outcome == "ok"]
+        p95 = f"{percentile(ok, 0.95) * 1000:.0f}" if ok else "-"
+        lines.append(f"| {kind} | {len(rows)} | {count['ok']} | {count['dropped']} | {count['hung']} | {count['error']} | {p95} |")
     return "\n".join(lines)
 
 
@@ -235,6 +236,11 @@ def start_real_node(gw: Gateway) -> None:
     raise SystemExit("the real node did not become ready")
 
 
+def cancelled_at_stubs(stubs: list[str]) -> int:
+    """Streams the stub nodes saw end early because the gateway hung up on them."""
+    return sum(int(httpx.get(f"{address}/internal/stats", timeout=5).json()["cancelled"]) for address in stubs)
+
+
 def leftover_inflight(gw: Gateway, timeout: float = 10.0) -> int:
     """What the gateway still counts in flight once every client is gone (0 unless a request leaked)."""
     deadline = time.monotonic() + timeout
@@ -250,8 +256,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"==> Gateway + {args.nodes} stub nodes" + (" + a real SmolLM2 node" if args.real_node else ""))
     with gateway(redis_db=12) as gw:
         gw.alias_bundled_model(STUB_MODEL)
-        for i in range(1, args.nodes + 1):
+        stubs = [
             gw.start_stub(f"soak-node-{i}", models=[STUB_MODEL], slots=args.slots, token_delay=args.token_delay)
+            for i in range(1, args.nodes + 1)
+        ]
         gw.wait_servable()
         if args.real_node:
             start_real_node(gw)
@@ -261,6 +269,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             soak = asyncio.run(drive(gw, args, progress))
         leftover = leftover_inflight(gw)
         rss_end = rss_mb(gw.pid)
+        cancelled = cancelled_at_stubs(stubs)
     parts = quarters(soak, seconds=seconds, warmup=args.warmup)
     outcomes = Counter(d.outcome for d in soak.done)
     missed = soak_misses(parts, hung=outcomes["hung"], errors=outcomes["error"], leftover=leftover)
@@ -277,7 +286,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         )
         + f"\n{quarter_table(parts)}\n\n{kind_table(soak)}\n\n"
         + f"Last vs first quarter: RSS {100 * (last.rss_mb / first.rss_mb - 1):+.1f}%, p95 {100 * (last.p95_ms / first.p95_ms - 1):+.1f}%; "
-        + f"hung {outcomes['hung']}; failed {outcomes['error']} ({errors}); left in flight {leftover}.\n\n"
+        + f"hung {outcomes['hung']}; failed {outcomes['error']} ({errors}); left in flight {leftover}; "
+        + f"streams dropped by clients {outcomes['dropped']}, streams the stub nodes saw cancelled {cancelled}.\n\n"
         + f"Targets (RSS growth <= 5%, p95 drift <= +10%, no hung or failed request, nothing left in flight): {verdict(missed)}\n"
     )
     return finish(report, missed, record=not args.no_record)

@@ -44,6 +44,7 @@ class Stub:
         self.queued = 0
         self.served = 0
         self.waited = 0  # requests that found every slot busy: the dispatcher sent them here anyway
+        self.cancelled = 0  # streams whose reader (the gateway) went away before the end
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
@@ -65,21 +66,24 @@ class Stub:
                 return web.Response(body=completion(model, rid), content_type="application/json")
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
-            for _ in range(CHUNKS):
-                if self.token_delay:
-                    await asyncio.sleep(self.token_delay)
-                await response.write(chunk(model, rid, "word "))
-            await response.write(chunk(model, rid, None, "length"))
-            usage = {"prompt_tokens": 12, "completion_tokens": CHUNKS, "total_tokens": 12 + CHUNKS}
-            await response.write(b": usage " + orjson.dumps(usage) + b"\n\ndata: [DONE]\n\n")
-            await response.write_eof()
+            try:
+                for _ in range(CHUNKS):
+                    if self.token_delay:
+                        await asyncio.sleep(self.token_delay)
+                    await response.write(chunk(model, rid, "word "))
+                await response.write(chunk(model, rid, None, "length"))
+                usage = {"prompt_tokens": 12, "completion_tokens": CHUNKS, "total_tokens": 12 + CHUNKS}
+                await response.write(b": usage " + orjson.dumps(usage) + b"\n\ndata: [DONE]\n\n")
+                await response.write_eof()
+            except ConnectionResetError:
+                self.cancelled += 1  # what a real node does here: stop generating
             return response
         finally:
             self.inflight -= 1
             self.slots.release()
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"served": self.served, "waited": self.waited, "inflight": self.inflight})
+        return web.json_response({"served": self.served, "waited": self.waited, "cancelled": self.cancelled, "inflight": self.inflight})
 
 
 async def serve(*, name: str, port: int, gateway: str, token: str, models: list[str], token_delay: float, slots: int) -> None:
