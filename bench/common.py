@@ -198,13 +198,15 @@ def gateway(*, redis_db: int, env: dict[str, str] | None = None) -> Iterator[Gat
                 time.sleep(0.5)
         yield gw
     finally:
-        for p in [*gw.children, process]:
-            p.terminate()
-        for p in [*gw.children, process]:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        # Nodes first: a real node deregisters through the gateway on its way out.
+        for group in (gw.children, [process]):
+            for p in group:
+                p.terminate()
+            for p in group:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
         if "BENCH_DATABASE_URL" not in os.environ:
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True)
 

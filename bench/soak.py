@@ -274,6 +274,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     outcomes = Counter(d.outcome for d in soak.done)
     missed = soak_misses(parts, hung=outcomes["hung"], errors=outcomes["error"], leftover=leftover)
     first, last = parts[0], parts[-1]
+    stub_drops = sum(1 for d in soak.done if d.outcome == "dropped" and d.kind.startswith("stub:"))
     errors = ", ".join(f"{label} x{n}" for label, n in soak.errors.most_common()) or "none"
     report = (
         header(
@@ -287,7 +288,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         + f"\n{quarter_table(parts)}\n\n{kind_table(soak)}\n\n"
         + f"Last vs first quarter: RSS {100 * (last.rss_mb / first.rss_mb - 1):+.1f}%, p95 {100 * (last.p95_ms / first.p95_ms - 1):+.1f}%; "
         + f"hung {outcomes['hung']}; failed {outcomes['error']} ({errors}); left in flight {leftover}; "
-        + f"streams dropped by clients {outcomes['dropped']}, streams the stub nodes saw cancelled {cancelled}.\n\n"
+        + f"streams to stub nodes dropped by clients {stub_drops}, cancelled as seen by the stubs {cancelled}.\n\n"
         + f"Targets (RSS growth <= 5%, p95 drift <= +10%, no hung or failed request, nothing left in flight): {verdict(missed)}\n"
     )
     return finish(report, missed, record=not args.no_record)
