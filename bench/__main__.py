@@ -3,9 +3,9 @@
 import argparse
 import sys
 
-from bench import gateway, node
+from bench import fleet, gateway, node, soak
 
-BENCHES = {"node": node, "gateway": gateway}
+BENCHES = {"node": node, "gateway": gateway, "fleet": fleet, "soak": soak}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,22 +7,14 @@ req/s, added latency and the gateway's CPU milliseconds per request (from its ow
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
-import uuid
-from datetime import UTC, datetime
-from pathlib import Path
 
 import aiohttp
-import httpx
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "bench-node-token"
+from bench.common import NODE_TOKEN, cpu_seconds, finish, gateway, header, percentile, rss_mb, verdict
+
 BODY = {"model": "smollm2", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 16}
 TARGETS = {"cpu_ms_plain": 3.0, "cpu_ms_stream": 4.0, "added_p50_ms_c1": 2.0, "rss_mb": 120.0}
 
@@ -32,26 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=300, help="requests per round")
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (medians reported)")
     parser.add_argument("--no-record", action="store_true", help="do not append to docs/benchmarks.md")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def _round(url: str, headers: dict[str, str], *, stream: bool, concurrency: int, total: int) -> tuple[list[float], float]:
@@ -81,50 +53,16 @@ async def _round(url: str, headers: dict[str, str], *, stream: bool, concurrency
         return latencies, time.perf_counter() - started
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
-
-
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     levels = [int(x) for x in args.levels.split(",")]
-    db = f"axs_bench_{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/{db}"),
-        "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10"),
-        "AXS_NODE_TOKEN": TOKEN,
-        "AXS_ADMISSION_QUEUE": "100000",
-        "AXS_LOG_LEVEL": "WARNING",
-    }
-    python = sys.executable
     print("==> Setting up a database, a key, a gateway and a stub node")
-    subprocess.run([python, "manage.py", "bootstrap"], cwd=ROOT, env=env, check=True, capture_output=True)
-    key = subprocess.run([python, "manage.py", "keys", "create", "bench"], cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout.strip()
-    gw_port, stub_port = _free_port(), _free_port()
-    gateway = subprocess.Popen([python, "manage.py", "rungateway", "--port", str(gw_port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-    gw = f"http://127.0.0.1:{gw_port}"
-    procs = [gateway]
-    try:
-        for _ in range(120):
-            try:
-                httpx.get(f"{gw}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        stub = subprocess.Popen(
-            [python, "-m", "bench.stub_node", "--name", "stub", "--port", str(stub_port), "--gateway", gw, "--token", TOKEN],
-            cwd=ROOT, env=env,
-        )
-        procs.append(stub)
-        for _ in range(120):
-            if httpx.get(f"{gw}/health").json().get("models"):
-                break
-            time.sleep(0.5)
+    with gateway(redis_db=10) as gw:
+        stub = gw.start_stub("stub", models=["smollm2"], slots=64, token_delay=0.0)
+        gw.wait_servable()
         time.sleep(1.5)
         targets = {
-            "direct": (f"http://127.0.0.1:{stub_port}/internal/v1/chat/completions", {"Authorization": f"Bearer {TOKEN}"}),
-            "gateway": (f"{gw}/v1/chat/completions", {"Authorization": f"Bearer {key}"}),
+            "direct": (f"{stub}/internal/v1/chat/completions", {"Authorization": f"Bearer {NODE_TOKEN}"}),
+            "gateway": (f"{gw.url}/v1/chat/completions", {"Authorization": f"Bearer {gw.key}"}),
         }
         # Warm both paths (connection pools, key cache, routing table).
         for name in targets:
@@ -134,19 +72,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         for rep, c, stream in tqdm(rounds, desc="bench gateway", unit="round"):
             order = ["direct", "gateway"] if (rep + c) % 2 == 0 else ["gateway", "direct"]
             for name in order:
-                cpu_before = _cpu_seconds(gateway.pid)
+                cpu_before = cpu_seconds(gw.pid)
                 lat, wall = asyncio.run(_round(*targets[name], stream=stream, concurrency=c, total=args.requests))
-                cpu = _cpu_seconds(gateway.pid) - cpu_before
+                cpu = cpu_seconds(gw.pid) - cpu_before
                 samples.setdefault((c, stream, name), []).append(
-                    {"rps": len(lat) / wall, "p50": _pct(lat, 0.5) * 1000, "p99": _pct(lat, 0.99) * 1000, "cpu_ms": cpu * 1000 / len(lat)}
+                    {"rps": len(lat) / wall, "p50": percentile(lat, 0.5) * 1000, "p99": percentile(lat, 0.99) * 1000, "cpu_ms": cpu * 1000 / len(lat)}
                 )
-        rss = _rss_mb(gateway.pid)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
-        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True)
+        rss = rss_mb(gw.pid)
 
     def med(c: int, stream: bool, name: str, field: str) -> float:
         return statistics.median(s[field] for s in samples[(c, stream, name)])
@@ -175,17 +107,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             *rows,
         ]
     )
-    verdict = "all met" if not misses else "MISSED: " + "; ".join(misses)
     report = (
-        f"\n## bench gateway — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
-        f"- command: `.venv/bin/python -m bench {' '.join(argv)}`\n"
-        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}\n"
-        f"- setup: 1 gateway process (`rungateway`, Daphne) + stub node + this load generator on the same machine; "
-        f"{args.requests} requests per round, medians over {args.reps} interleaved reps; gateway RSS at the end {rss:.0f} MB\n\n"
-        f"{table}\n\nTargets (CPU <= 3 ms non-stream, <= 4 ms per 16-chunk stream, <= 2 ms added p50 at c=1, RSS <= 120 MB): {verdict}\n"
+        header(
+            "gateway", argv,
+            "setup: 1 gateway process (`rungateway`, Daphne) + stub node + this load generator on the same machine; "
+            f"{args.requests} requests per round, medians over {args.reps} interleaved reps; gateway RSS at the end {rss:.0f} MB",
+        )
+        + f"\n{table}\n\nTargets (CPU <= 3 ms non-stream, <= 4 ms per 16-chunk stream, <= 2 ms added p50 at c=1, RSS <= 120 MB): {verdict(misses)}\n"
     )
-    print(report)
-    if not args.no_record:
-        with (ROOT / "docs" / "benchmarks.md").open("a") as fh:
-            fh.write(report)
-    return 0 if not misses else 1
+    return finish(report, misses, record=not args.no_record)

@@ -5,8 +5,6 @@ import asyncio
 import os
 import platform
 import secrets
-import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,8 +20,8 @@ import aiohttp
 import orjson
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
+from bench.common import DOC, ROOT, append_report, bundled_model, command_line, free_port, machine, percentile, revision
+
 OURS, BASELINE = "axserving node", "llama_cpp.server"
 # Story openings: the model keeps writing, so requests rarely stop before max_tokens.
 PROMPTS = [
@@ -74,22 +72,6 @@ class Round:
     ttft: list[float] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)
     failures: int = 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def bundled_model() -> str:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "axserving.settings")
-    import django
-
-    django.setup()
-    from models_registry.services import bundled_model_path
-
-    return str(bundled_model_path())
 
 
 @contextmanager
@@ -199,13 +181,6 @@ async def load_round(server: Server, concurrency: int, per_client: int, progress
     return result
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 @dataclass
 class Summary:
     tok_s: float
@@ -258,30 +233,8 @@ def check_targets(levels: list[int], results: dict[tuple[str, int], Summary]) ->
     return missed
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    except OSError:
-        mem_kb = 0
-    return f"{cpu}, {os.cpu_count()} cores, {mem_kb / 1024 / 1024:.0f} GiB RAM, {platform.system()} {platform.release()}"
-
-
-def revision() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return sha + ("+dirty" if dirty else "")
-
-
 def record(args: argparse.Namespace, argv: list[str], model: str, rev: str, body: str, missed: list[str]) -> None:
-    command = ".venv/bin/python -m bench " + shlex.join(argv)
+    command = command_line(argv)
     versions = ", ".join(f"{p} {version(p)}" for p in ("llama-cpp-python", "aiohttp", "uvicorn", "fastapi"))
     entry = [
         f"\n## bench node — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n",
@@ -298,10 +251,7 @@ def record(args: argparse.Namespace, argv: list[str], model: str, rev: str, body
         "Targets: " + ("all met." if not missed else "MISSED: " + "; ".join(missed)),
         "",
     ]
-    if not DOC.exists():
-        DOC.write_text("# Benchmarks\n\nResults appended by `python -m bench <name>`; newest last.\n")
-    with DOC.open("a") as doc:
-        doc.write("\n".join(entry))
+    append_report("\n".join(entry))
 
 
 def run(args: argparse.Namespace, *, argv: list[str]) -> int:
