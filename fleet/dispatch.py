@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from dataclasses import replace
+from collections.abc import Sequence
 
 import redis
 from asgiref.sync import sync_to_async
@@ -101,17 +101,18 @@ def no_node(view: ModelView) -> ServiceUnavailable:
 
 def pick_route(view: ModelView, *, exclude: frozenset[str] = frozenset(), affinity_key: str = "") -> Route:
     """Hard filters (ready, not drained, not ejected, not already tried), then the configured policy; 503 when none."""
-    now = time.monotonic()
-    routes = [
-        replace(r, inflight=max(r.inflight, _local_inflight[r.node])) if _local_inflight[r.node] > r.inflight else r
-        for r in view.routes
-        if r.node not in exclude and _ejected_until.get(r.node, 0.0) <= now
-    ]
+    routes: Sequence[Route] = view.routes
+    if _ejected_until:
+        now = time.monotonic()
+        for node in [node for node, until in _ejected_until.items() if until <= now]:
+            del _ejected_until[node]
+    if exclude or _ejected_until:
+        routes = [r for r in routes if r.node not in exclude and r.node not in _ejected_until]
     if not routes:
         raise no_node(view)
     policy = policy_for(view.name)
     state = _states.setdefault(view.name, policies.PolicyState())
-    return policies.choose(policy, routes, state, affinity_key=affinity_key, ttl=settings.AXS_NODE_TTL)
+    return policies.choose(policy, routes, state, affinity_key=affinity_key, ttl=settings.AXS_NODE_TTL, local=_local_inflight)
 
 
 def policy_for(model: str) -> str:

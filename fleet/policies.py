@@ -4,8 +4,9 @@ Pure functions of their inputs (plus the small per-model state a round robin nee
 they are tested on tables of node states without processes.
 """
 
-import hashlib
-from collections.abc import Sequence
+import math
+import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .selectors import Route
@@ -19,49 +20,99 @@ class PolicyState:
 
     current: dict[str, float] = field(default_factory=dict)
     turn: int = 0
+    # The scored policy's load-independent part per route, for the routes tuple it was computed on
+    # (the routing table's, rebuilt every refresh).
+    penalties: list[float] = field(default_factory=list)
+    penalties_of: object = None
 
 
-def _load(route: Route) -> float:
-    return (route.inflight + route.queued) / max(route.slots, 1)
+# This gateway's own in-flight count per node: fresher than a heartbeat, so a route's in-flight
+# figure is the larger of the two. Passed in rather than copied into routes, because a pick
+# visits every route and must stay well under a millisecond at hundreds of nodes.
+Local = Mapping[str, int]
+_NONE: Local = {}
 
 
-def least_inflight(routes: Sequence[Route], state: PolicyState) -> Route:
+def _inflight(route: Route, local: Local) -> int:
+    mine = local.get(route.node, 0)
+    return mine if mine > route.inflight else route.inflight
+
+
+def _load(route: Route, local: Local = _NONE) -> float:
+    return (_inflight(route, local) + route.queued) / (route.slots if route.slots > 0 else 1)
+
+
+def least_inflight(routes: Sequence[Route], state: PolicyState, *, local: Local = _NONE) -> Route:
     """Fewest requests in flight per slot; equals take turns."""
-    least = min(_load(r) for r in routes)
-    best = [r for r in routes if _load(r) == least]
+    best: list[Route] = []
+    least = math.inf
+    mine = local.get
+    for r in routes:  # inline: this loop runs for every node on every request
+        own, seen = mine(r.node, 0), r.inflight
+        load = ((own if own > seen else seen) + r.queued) / (r.slots or 1)
+        if load < least:
+            least, best = load, [r]
+        elif load == least:
+            best.append(r)
     state.turn += 1
     return best[state.turn % len(best)]
 
 
-def weighted_round_robin(routes: Sequence[Route], state: PolicyState) -> Route:
+def weighted_round_robin(routes: Sequence[Route], state: PolicyState, *, local: Local = _NONE) -> Route:
     """Smooth weighted round robin, each node weighted by its free slots (at least 1)."""
-    names = {r.node for r in routes}
-    for gone in set(state.current) - names:
-        del state.current[gone]
+    current = state.current
+    if len(current) > len(routes):  # forget nodes that left
+        names = {r.node for r in routes}
+        for gone in [name for name in current if name not in names]:
+            del current[gone]
     total = 0.0
-    for r in routes:
-        weight = float(max(r.free, 1))
-        state.current[r.node] = state.current.get(r.node, 0.0) + weight
+    chosen: Route | None = None
+    top, top_node = -math.inf, ""
+    mine, weights = local.get, current.get
+    for r in routes:  # inline: this loop runs for every node on every request
+        own, seen = mine(r.node, 0), r.inflight
+        free = r.slots - (own if own > seen else seen)
+        weight = free if free > 1 else 1
+        value = weights(r.node, 0.0) + weight
+        current[r.node] = value
         total += weight
-    chosen = max(routes, key=lambda r: (state.current[r.node], r.node))
-    state.current[chosen.node] -= total
+        if value > top or (value == top and r.node > top_node):
+            top, top_node, chosen = value, r.node, r
+    assert chosen is not None
+    current[chosen.node] -= total
     return chosen
 
 
-def model_affinity(routes: Sequence[Route], state: PolicyState, *, affinity_key: str) -> Route:
+def model_affinity(routes: Sequence[Route], state: PolicyState, *, affinity_key: str, local: Local = _NONE) -> Route:
     """The same conversation goes to the same node while it has a free slot (its KV prefix is warm there).
 
     Rendezvous hashing keeps most keys in place when a node joins or leaves; a busy favourite
-    falls back to least_inflight.
+    falls back to least_inflight. The rank is a CRC-32 of node and key: the same in every gateway
+    process (unlike hash()), and cheap enough to compute for every node on every request.
     """
-    free = [r for r in routes if r.free > 0] or list(routes)
+    mine = local.get
     if not affinity_key:
-        return least_inflight(free, state)
+        free = [r for r in routes if r.slots > max(r.inflight, mine(r.node, 0))]
+        return least_inflight(free or routes, state, local=local)
+    key = affinity_key.encode()
+    chosen: Route | None = None
+    top = -1
+    for r in routes:  # inline: this loop runs for every node on every request
+        own, seen = mine(r.node, 0), r.inflight
+        if r.slots <= (own if own > seen else seen):
+            continue
+        seed = _SEEDS.get(r.node)
+        if seed is None:
+            seed = _SEEDS[r.node] = zlib.crc32(r.node.encode() + b"\0")
+        rank = zlib.crc32(key, seed)
+        if rank > top or (rank == top and chosen is not None and r.node > chosen.node):
+            top, chosen = rank, r
+    if chosen is None:  # every node is full: the least loaded one queues it
+        return least_inflight(routes, state, local=local)
+    return chosen
 
-    def rank(route: Route) -> bytes:
-        return hashlib.blake2b(f"{route.node}\0{affinity_key}".encode(), digest_size=8).digest()
 
-    return max(free, key=rank)
+_SEEDS: dict[str, int] = {}
 
 
 # Weights of the scored policy: one queued request per slot costs as much as 1 s of TTFT p95,
@@ -69,28 +120,43 @@ def model_affinity(routes: Sequence[Route], state: PolicyState, *, affinity_key:
 SCORE_WEIGHTS = {"load": 1.0, "ttft_s": 1.0, "error_rate": 10.0, "staleness": 1.0}
 
 
-def score(route: Route, *, ttl: float) -> float:
+def score(route: Route, *, ttl: float, local: Local = _NONE) -> float:
     """Lower is better: load per slot, TTFT p95, error rate and how stale the figures are."""
     return (
-        SCORE_WEIGHTS["load"] * _load(route)
+        SCORE_WEIGHTS["load"] * _load(route, local)
         + SCORE_WEIGHTS["ttft_s"] * route.ttft_p95_ms / 1000.0
         + SCORE_WEIGHTS["error_rate"] * route.error_rate
         + SCORE_WEIGHTS["staleness"] * route.age / max(ttl, 0.001)
     )
 
 
-def scored(routes: Sequence[Route], state: PolicyState, *, ttl: float) -> Route:
-    best = min(score(r, ttl=ttl) for r in routes)
-    tied = [r for r in routes if score(r, ttl=ttl) == best]
+def scored(routes: Sequence[Route], state: PolicyState, *, ttl: float, local: Local = _NONE) -> Route:
+    """The lowest `score`; equals take turns."""
+    if state.penalties_of is not routes:
+        state.penalties = [score(r, ttl=ttl) - SCORE_WEIGHTS["load"] * _load(r) for r in routes]
+        state.penalties_of = routes
+    w_load = SCORE_WEIGHTS["load"]
+    tied: list[Route] = []
+    best = math.inf
+    mine = local.get
+    for r, penalty in zip(routes, state.penalties, strict=True):  # inline: runs for every node on every request
+        own, seen = mine(r.node, 0), r.inflight
+        value = w_load * ((own if own > seen else seen) + r.queued) / (r.slots or 1) + penalty
+        if value < best:
+            best, tied = value, [r]
+        elif value == best:
+            tied.append(r)
     state.turn += 1
     return tied[state.turn % len(tied)]
 
 
-def choose(policy: str, routes: Sequence[Route], state: PolicyState, *, affinity_key: str = "", ttl: float = 6.0) -> Route:
+def choose(
+    policy: str, routes: Sequence[Route], state: PolicyState, *, affinity_key: str = "", ttl: float = 6.0, local: Local = _NONE
+) -> Route:
     if policy == "weighted_round_robin":
-        return weighted_round_robin(routes, state)
+        return weighted_round_robin(routes, state, local=local)
     if policy == "model_affinity":
-        return model_affinity(routes, state, affinity_key=affinity_key)
+        return model_affinity(routes, state, affinity_key=affinity_key, local=local)
     if policy == "scored":
-        return scored(routes, state, ttl=ttl)
-    return least_inflight(routes, state)
+        return scored(routes, state, ttl=ttl, local=local)
+    return least_inflight(routes, state, local=local)
