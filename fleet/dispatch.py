@@ -41,7 +41,7 @@ async def _refresh() -> RoutingTable:
     except (redis.RedisError, OSError):
         logger.warning("Routing without Redis telemetry", exc_info=True)
         telemetry, ejected = {}, set()
-    _table = build_routing_table(models, candidates, telemetry, ejected)
+    _table = build_routing_table(models, candidates, telemetry, ejected, own=_local_inflight)
     return _table
 
 

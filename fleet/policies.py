@@ -26,16 +26,17 @@ class PolicyState:
     penalties_of: object = None
 
 
-# This gateway's own in-flight count per node: fresher than a heartbeat, so a route's in-flight
-# figure is the larger of the two. Passed in rather than copied into routes, because a pick
-# visits every route and must stay well under a millisecond at hundreds of nodes.
+# This gateway's own in-flight count per node, exact at every moment; a route's `inflight` is then
+# the rest of the node's load as of its last heartbeat (other gateways' requests: dispatch.py
+# subtracts this gateway's share when it builds the table). Passed in rather than copied into
+# routes, because a pick visits every route and must stay well under a millisecond at hundreds
+# of nodes.
 Local = Mapping[str, int]
 _NONE: Local = {}
 
 
 def _inflight(route: Route, local: Local) -> int:
-    mine = local.get(route.node, 0)
-    return mine if mine > route.inflight else route.inflight
+    return local.get(route.node, 0) + route.inflight
 
 
 def _load(route: Route, local: Local = _NONE) -> float:
@@ -48,8 +49,7 @@ def least_inflight(routes: Sequence[Route], state: PolicyState, *, local: Local 
     least = math.inf
     mine = local.get
     for r in routes:  # inline: this loop runs for every node on every request
-        own, seen = mine(r.node, 0), r.inflight
-        load = ((own if own > seen else seen) + r.queued) / (r.slots or 1)
+        load = (mine(r.node, 0) + r.inflight + r.queued) / (r.slots or 1)
         if load < least:
             least, best = load, [r]
         elif load == least:
@@ -70,8 +70,7 @@ def weighted_round_robin(routes: Sequence[Route], state: PolicyState, *, local: 
     top, top_node = -math.inf, ""
     mine, weights = local.get, current.get
     for r in routes:  # inline: this loop runs for every node on every request
-        own, seen = mine(r.node, 0), r.inflight
-        free = r.slots - (own if own > seen else seen)
+        free = r.slots - mine(r.node, 0) - r.inflight
         weight = free if free > 1 else 1
         value = weights(r.node, 0.0) + weight
         current[r.node] = value
@@ -92,14 +91,13 @@ def model_affinity(routes: Sequence[Route], state: PolicyState, *, affinity_key:
     """
     mine = local.get
     if not affinity_key:
-        free = [r for r in routes if r.slots > max(r.inflight, mine(r.node, 0))]
+        free = [r for r in routes if r.slots > r.inflight + mine(r.node, 0)]
         return least_inflight(free or routes, state, local=local)
     key = affinity_key.encode()
     chosen: Route | None = None
     top = -1
     for r in routes:  # inline: this loop runs for every node on every request
-        own, seen = mine(r.node, 0), r.inflight
-        if r.slots <= (own if own > seen else seen):
+        if r.slots <= r.inflight + mine(r.node, 0):
             continue
         seed = _SEEDS.get(r.node)
         if seed is None:
@@ -140,8 +138,7 @@ def scored(routes: Sequence[Route], state: PolicyState, *, ttl: float, local: Lo
     best = math.inf
     mine = local.get
     for r, penalty in zip(routes, state.penalties, strict=True):  # inline: runs for every node on every request
-        own, seen = mine(r.node, 0), r.inflight
-        value = w_load * ((own if own > seen else seen) + r.queued) / (r.slots or 1) + penalty
+        value = w_load * (mine(r.node, 0) + r.inflight + r.queued) / (r.slots or 1) + penalty
         if value < best:
             best, tied = value, [r]
         elif value == best:

@@ -1,4 +1,5 @@
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,10 +27,6 @@ class Route:
     error_rate: float = 0.0
     age: float = 0.0  # seconds since the telemetry was taken
     ready_since: float = 0.0  # epoch seconds the model became ready on this node
-
-    @property
-    def free(self) -> int:
-        return max(self.slots - self.inflight, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +101,16 @@ def build_routing_table(
     candidates: list[Candidate],
     telemetry: dict[str, dict[str, Any]] | None = None,
     ejected: set[str] | None = None,
+    own: Mapping[str, int] | None = None,
 ) -> RoutingTable:
-    """Join topology (Postgres) with hot telemetry and ejections (Redis) into a routing table."""
-    telemetry, ejected = telemetry or {}, ejected or set()
+    """Join topology (Postgres) with hot telemetry and ejections (Redis) into a routing table.
+
+    `own` is the building gateway's in-flight count per node: it is taken out of each route's
+    heartbeat load, so a route carries only the rest (other gateways' requests) and dispatch adds
+    its own exact count back at pick time. A heartbeat up to a few seconds old would otherwise
+    make a node that has just freed its slots look full.
+    """
+    telemetry, ejected, own = telemetry or {}, ejected or set(), own or {}
     now = time.time()
     routes: dict[int, list[Route]] = {}
     for c in candidates:
@@ -114,13 +118,15 @@ def build_routing_table(
             continue
         t = telemetry.get(c.node) or c.telemetry
         taken = float(t.get("at", c.heartbeat.timestamp()))
+        slots = int(t.get("slots", c.slots)) or 1
+        others = max(int(t.get("inflight", c.inflight)) + int(t.get("queued", c.queued)) - own.get(c.node, 0), 0)
         routes.setdefault(c.model_id, []).append(
             Route(
                 node=c.node,
                 address=c.address,
-                inflight=int(t.get("inflight", c.inflight)),
-                slots=int(t.get("slots", c.slots)) or 1,
-                queued=int(t.get("queued", c.queued)),
+                inflight=min(others, slots),
+                slots=slots,
+                queued=others - min(others, slots),
                 ttft_p95_ms=float(t.get("ttft_p95_ms", 0.0)),
                 error_rate=float(t.get("error_rate", 0.0)),
                 age=max(now - taken, 0.0),

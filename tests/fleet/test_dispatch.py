@@ -1,5 +1,7 @@
 from datetime import timedelta
 
+from unittest.mock import patch
+
 import pytest
 from django.utils import timezone
 
@@ -59,6 +61,24 @@ def test_redis_telemetry_overrides_the_row_and_ejected_nodes_drop_out():
 
     (route,) = t.find("m").routes
     assert (route.node, route.inflight, route.slots) == ("a", 7, 8)
+
+
+def test_a_heartbeat_older_than_this_gateways_finished_requests_does_not_make_a_node_look_full(settings):
+    settings.AXS_DISPATCH_POLICY = "least_inflight"
+    model = make_model("m")
+    deploy(model, make_node("a"))
+    deploy(model, make_node("b"))
+    models, candidates = list_routable()
+    # Both heartbeats say 4 of 4 slots busy; 3 of a's and 4 of b's are this gateway's own requests.
+    beats = {"a": {"inflight": 4, "slots": 4, "at": 0}, "b": {"inflight": 4, "slots": 4, "at": 0}}
+    t = build_routing_table(models, candidates, beats, own={"a": 3, "b": 4})
+    assert {r.node: r.inflight for r in t.find("m").routes} == {"a": 1, "b": 0}
+
+    # Since then, two of a's requests finished here: a has room, b is still full.
+    with patch.dict(dispatch._local_inflight, {"a": 1, "b": 4}):
+        picks = {dispatch.pick_route(t.find("m")).node for _ in range(4)}
+
+    assert picks == {"a"}
 
 
 def test_model_without_ready_node_is_listed_but_not_servable():
