@@ -22,8 +22,9 @@ import queue
 import random
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,10 @@ PREFILL_BUDGET = 256
 MAX_TOP_LOGPROBS = 20
 # Prompt tokens worth prefilling again rather than decoding in one more ubatch every step.
 RUN_COST = 128
+# Restoring a cached prompt's KV into a slot, in prompt tokens: a tie-breaker for the slot's own cache.
+RESTORE_COST = 1
+PROMPT_CACHE_BYTES = 256 * 1024 * 1024
+PROMPT_CACHE_ENTRIES = 256
 
 
 class EngineError(Exception):
@@ -293,13 +298,63 @@ class Slot:
     logits: np.ndarray | None = None
 
 
-def _shared_prefix(a: list[int], b: list[int]) -> int:
+def _shared_prefix(a: Iterable[int], b: Iterable[int]) -> int:
     n = 0
     for x, y in zip(a, b):
         if x != y:
             break
         n += 1
     return n
+
+
+def _reusable(cached: SequenceOf[int], has_logits: bool, prompt: list[int]) -> int:
+    """How many tokens of `prompt` a cached prefix serves without changing its logits."""
+    # Cut to a chunk boundary and short of the last prompt token, whose logits are needed,
+    # unless the cache holds this very prompt and its final logits.
+    shared = _shared_prefix(cached, prompt)
+    if shared == len(prompt) == len(cached) and has_logits:
+        return shared
+    return min(shared, len(prompt) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
+
+
+class PromptCache:
+    """Whole prompts' KV (llama.cpp sequence state) and final logits in RAM, least recently used out first.
+
+    Restoring a prompt into any free slot costs a copy of its own cells (~0.2 ms for 14 tokens of
+    SmolLM2-135M), so a repeated prompt needs no prefill even when the slot that computed it is
+    busy, or not next to the running ones. The bytes are exactly what the aligned prefill wrote.
+    """
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.size = 0
+        self._entries: OrderedDict[tuple[int, ...], tuple[ctypes.Array[ctypes.c_uint8], np.ndarray]] = OrderedDict()
+
+    def fits(self, size: int) -> bool:
+        return 0 < size <= self.budget // 8
+
+    def put(self, prompt: tuple[int, ...], state: ctypes.Array[ctypes.c_uint8], logits: np.ndarray) -> None:
+        old = self._entries.pop(prompt, None)
+        if old is not None:
+            self.size -= len(old[0])
+        self._entries[prompt] = (state, logits)
+        self.size += len(state)
+        while self.size > self.budget or len(self._entries) > PROMPT_CACHE_ENTRIES:
+            _, (evicted, _) = self._entries.popitem(last=False)
+            self.size -= len(evicted)
+
+    def best(self, prompt: list[int]) -> tuple[tuple[int, ...] | None, int]:
+        """The entry serving most of `prompt`, and how many tokens it serves."""
+        best, best_keep = None, 0
+        for cached in self._entries:
+            keep = _reusable(cached, True, prompt)
+            if keep > best_keep:
+                best, best_keep = cached, keep
+        return best, best_keep
+
+    def take(self, prompt: tuple[int, ...]) -> tuple[ctypes.Array[ctypes.c_uint8], np.ndarray]:
+        self._entries.move_to_end(prompt)
+        return self._entries[prompt]
 
 
 class Engine:
@@ -325,10 +380,8 @@ class Engine:
         self.active: list[Sequence] = []
         self.waiting: deque[Sequence] = deque()
         self.reused_tokens = 0  # prompt tokens served from a slot's cache instead of prefilled
-        self.copied_prefixes = 0  # cached prefixes copied from another slot's KV stream
-        # A prefix copy moves the source's whole KV stream: measured ~11 ms for 2048 cells of
-        # SmolLM2-135M on 2 cores, about 1.5 prompt tokens' prefill; both scale with the model.
-        self.copy_cost = max(1, n_ctx_seq // 1024)
+        self.restored_prompts = 0  # prompts whose KV came back from the prompt cache
+        self.prompt_cache = PromptCache(PROMPT_CACHE_BYTES)
         self.telemetry = EngineTelemetry()
         # Events of one step go to each loop in one call: a wake-up per token would keep the loop
         # thread holding the GIL just when this thread returns from a llama.cpp call and needs it.
@@ -432,13 +485,15 @@ class Engine:
             if seq.job.cancelled():
                 self._finish(seq, "cancelled")
                 continue
-            best, source, keep = self._pick_slot(seq, free)
-            if source is not None:
-                # Applied by the next llama_decode, before it computes anything: a whole-stream
-                # copy, after which `best` holds the source's cells (trimmed to `keep` below).
-                llama_cpp.llama_memory_seq_cp(self.memory, source.id, best.id, -1, -1)
-                best.cached, best.logits = source.cached, source.logits
-                self.copied_prefixes += 1
+            best, entry, keep = self._pick_slot(seq, free)
+            if entry is not None:
+                state, logits = self.prompt_cache.take(entry)
+                llama_cpp.llama_memory_seq_rm(self.memory, best.id, -1, -1)
+                if llama_cpp.llama_state_seq_set_data(self.ctx.ctx, state, len(state), best.id):
+                    best.cached, best.logits = list(entry), logits
+                    self.restored_prompts += 1
+                else:
+                    best.cached, best.logits, keep = [], None, 0
             if not llama_cpp.llama_memory_seq_rm(self.memory, best.id, keep, -1):
                 llama_cpp.llama_memory_seq_rm(self.memory, best.id, -1, -1)
                 keep = 0
@@ -453,39 +508,29 @@ class Engine:
             if seq.prefix:
                 self._emit(seq.job, (seq.index, Delta(seq.prefix)))
 
-    def _reusable(self, slot: Slot, prompt: list[int]) -> int:
-        """How many tokens of `prompt` the slot's cache can serve without changing its logits."""
-        # Cut to a chunk boundary and short of the last prompt token, whose logits are needed,
-        # unless the slot holds this very prompt and its final logits.
-        shared = _shared_prefix(slot.cached, prompt)
-        if shared == len(prompt) == len(slot.cached) and slot.logits is not None:
-            return shared
-        return min(shared, len(prompt) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
-
-    def _pick_slot(self, seq: Sequence, free: list[Slot]) -> tuple[Slot, Slot | None, int]:
-        """Pick the cheapest free slot for `seq`, and the slot to copy its prefix from (None: its own).
+    def _pick_slot(self, seq: Sequence, free: list[Slot]) -> tuple[Slot, tuple[int, ...] | None, int]:
+        """Pick the cheapest free slot for `seq`, and the prompt cache entry to restore in it first (or None).
 
         Returns them with how many cached prompt tokens the sequence keeps.
         """
-        # Cost: prompt tokens left to prefill, COPY_COST when the prefix comes from another slot
-        # (busy or free), plus RUN_COST for each extra run of consecutive busy slots, since
+        # Cost: prompt tokens left to prefill, RESTORE_COST when the prefix comes from the
+        # prompt cache, plus RUN_COST for each extra run of consecutive busy slots, since
         # llama.cpp decodes each run as its own ubatch, every step.
         n = len(seq.prompt)
-        keeps = [self._reusable(slot, seq.prompt) for slot in self.slots]
-        source = max(self.slots, key=lambda slot: keeps[slot.id])
+        entry, entry_keep = self.prompt_cache.best(seq.prompt)
         busy = {slot.id for slot in self.slots if slot.seq is not None}
-        best, best_source, best_keep, best_cost = free[0], None, 0, None
+        best, best_entry, best_keep, best_cost = free[0], None, 0, None
         for slot in free:
-            keep, copy_from, extra = keeps[slot.id], None, 0
-            if source is not slot and keeps[source.id] - self.copy_cost > keep:
-                keep, copy_from, extra = keeps[source.id], source, self.copy_cost
+            keep, restore, extra = _reusable(slot.cached, slot.logits is not None, seq.prompt), None, 0
+            if entry is not None and entry_keep - RESTORE_COST > keep:
+                keep, restore, extra = entry_keep, entry, RESTORE_COST
             neighbours = (slot.id - 1 in busy) + (slot.id + 1 in busy)
             runs_added = (1 - neighbours) if busy else 0
             # On a tie, the slot caching least: other slots' prefixes stay for their next turn.
             cost = (n - keep + extra + RUN_COST * runs_added, len(slot.cached))
             if best_cost is None or cost < best_cost:
-                best, best_source, best_keep, best_cost = slot, copy_from, keep, cost
-        return best, best_source, best_keep
+                best, best_entry, best_keep, best_cost = slot, restore, keep, cost
+        return best, best_entry, best_keep
 
     def _step(self) -> None:
         for seq in list(self.active):
@@ -549,9 +594,20 @@ class Engine:
         seq.slot.cached = seq.prompt[:end]
         if last:
             seq.slot.logits = self._row(end - start - 1).copy()
+            self._save_prompt(seq.slot)
             self._sample(seq, end - start - 1)
             self.telemetry.record_tokens(1, now=time.monotonic())
         return end - start
+
+    def _save_prompt(self, slot: Slot) -> None:
+        """Keep the slot's whole, just-prefilled prompt (KV and final logits) in the prompt cache."""
+        size = llama_cpp.llama_state_seq_get_size(self.ctx.ctx, slot.id)
+        if not self.prompt_cache.fits(size):
+            return
+        state = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(self.ctx.ctx, state, size, slot.id) == size:
+            assert slot.logits is not None
+            self.prompt_cache.put(tuple(slot.cached), state, slot.logits)
 
     def _decode(self) -> None:
         status = llama_cpp.llama_decode(self.ctx.ctx, self.batch)

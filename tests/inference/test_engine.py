@@ -138,19 +138,19 @@ async def test_the_same_short_prompt_again_skips_prefill_and_gives_the_same_answ
     assert [(e.token, e.logprob, e.top) for e in again.logprobs] == [(e.token, e.logprob, e.top) for e in fresh.logprobs]
 
 
-async def test_a_prompt_cached_in_a_busy_slot_is_copied_instead_of_prefilled(worker):
+async def test_a_prompt_another_request_is_answering_is_restored_from_the_prompt_cache(worker):
     prompt = "A prompt that another request is still answering, word for word:"
     n_prompt = len(worker.generator.text_prompt(prompt))
     fresh = await run(worker, prompt, max_tokens=8, temperature=0)
     endless = start(worker, prompt, max_tokens=300, temperature=0, logit_bias={0: -100, 2: -100})
     await wait_for(lambda: any(seq.count for seq in worker.engine.active))
-    copied_before, reused_before = worker.engine.copied_prefixes, worker.engine.reused_tokens
+    restored_before, reused_before = worker.engine.restored_prompts, worker.engine.reused_tokens
 
     again = await run(worker, prompt, max_tokens=8, temperature=0)
 
     endless.cancel()
     await collect(endless)
-    assert worker.engine.copied_prefixes - copied_before == 1
+    assert worker.engine.restored_prompts - restored_before == 1
     assert worker.engine.reused_tokens - reused_before == n_prompt
     assert again.text == fresh.text
 
