@@ -1,4 +1,4 @@
-"""Our node vs llama_cpp.server: streaming completions on the same GGUF, threads and prompts."""
+"""Our node vs llama_cpp.server and llama.cpp's llama-server: streaming completions on the same GGUF, threads and prompts."""
 
 import argparse
 import asyncio
@@ -22,7 +22,9 @@ from tqdm import tqdm
 
 from bench.common import DOC, ROOT, append_report, bundled_model, command_line, free_port, machine, percentile, revision
 
-OURS, BASELINE = "axserving node", "llama_cpp.server"
+OURS, BASELINE, REFERENCE = "axserving node", "llama_cpp.server", "llama-server"
+# Built by scripts/build-llama-server from the llama.cpp vendored in llama-cpp-python's sdist.
+LLAMA_SERVER = ROOT / "var" / "llama-server" / "build" / "bin" / "llama-server"
 # Story openings: the model keeps writing, so requests rarely stop before max_tokens.
 PROMPTS = [
     "Once upon a time, in a village at the edge of a great forest, there lived",
@@ -53,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slots", type=int, default=0, help="our node's sequence slots (0 = its default)")
     parser.add_argument("--n-ctx", type=int, default=2048)
     parser.add_argument("--model", default="", help="GGUF path (default: the bundled SmolLM2)")
+    parser.add_argument(
+        "--llama-server", default=str(LLAMA_SERVER), help="llama.cpp's llama-server binary (scripts/build-llama-server); skipped when absent"
+    )
     parser.add_argument("--no-record", action="store_true", help="do not append to docs/benchmarks.md")
 
 
@@ -74,25 +79,43 @@ class Round:
     failures: int = 0
 
 
+def llama_server(args: argparse.Namespace) -> Path | None:
+    """The llama-server binary to compare with, or None when it is not built."""
+    path = Path(args.llama_server)
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
 @contextmanager
-def servers(args: argparse.Namespace, model: str) -> Iterator[list[Server]]:
-    """Start our bare node and llama_cpp.server on the same model; stop both on the way out."""
+def servers(args: argparse.Namespace, model: str, levels: list[int]) -> Iterator[list[Server]]:
+    """Start our bare node, llama_cpp.server and (when built) llama-server on the same model; stop them on the way out."""
     log_dir = ROOT / "test-artifacts"
     log_dir.mkdir(exist_ok=True)
     token = secrets.token_urlsafe(16)
-    ours_port, base_port = free_port(), free_port()
+    ours_port, base_port, ref_port = free_port(), free_port(), free_port()
     ours_cmd = [sys.executable, "-m", "bench.node_server", "--model", model, "--port", str(ours_port),
                 "--threads", str(args.threads), "--slots", str(args.slots), "--n-ctx", str(args.n_ctx)]
     base_cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--port", str(base_port), "--host", "127.0.0.1",
                 "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", str(args.n_ctx),
                 # Queue concurrent requests instead of cancelling the running stream (its default).
                 "--interrupt_requests", "False"]
+    plan = [
+        (OURS, ours_cmd, f"http://127.0.0.1:{ours_port}/internal/v1/completions", {"Authorization": f"Bearer {token}"}, True),
+        (BASELINE, base_cmd, f"http://127.0.0.1:{base_port}/v1/completions", {}, False),
+    ]
+    binary = llama_server(args)
+    if binary is not None:
+        # One slot per client at the highest concurrency, continuous batching on. llama-server
+        # splits -c evenly across its slots, so each gets the n_ctx our node gives each sequence.
+        parallel = max(levels)
+        ref_cmd = [str(binary), "--model", model, "--host", "127.0.0.1", "--port", str(ref_port),
+                   "--threads", str(args.threads), "--threads-batch", str(args.threads),
+                   "--ctx-size", str(args.n_ctx * parallel), "--parallel", str(parallel), "--cont-batching"]
+        # It closes the connection after each stream, which a pooled client would only find
+        # out on its next request: ask for a fresh connection every time.
+        plan.append((REFERENCE, ref_cmd, f"http://127.0.0.1:{ref_port}/v1/completions", {"Connection": "close"}, False))
     started: list[Server] = []
     try:
-        for name, cmd, url, headers, prompt_as_list in (
-            (OURS, ours_cmd, f"http://127.0.0.1:{ours_port}/internal/v1/completions", {"Authorization": f"Bearer {token}"}, True),
-            (BASELINE, base_cmd, f"http://127.0.0.1:{base_port}/v1/completions", {}, False),
-        ):
+        for name, cmd, url, headers, prompt_as_list in plan:
             log = (log_dir / f"bench-{name.replace(' ', '-').replace('.', '-')}.log").open("wb")
             process = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "BENCH_NODE_TOKEN": token}, stdout=log, stderr=subprocess.STDOUT)
             body = {"model": "bench", "max_tokens": args.max_tokens, "temperature": 0, "stream": True, "prompt_as_list": prompt_as_list}
@@ -144,7 +167,8 @@ async def one_request(server: Server, prompt: str, *, max_tokens: int | None = N
                 chunk = orjson.loads(line[6:])
                 if "error" in chunk:
                     raise RuntimeError(f"{server.name} stream error: {chunk['error']}")
-                # Both servers send one chunk per generated token; empty ones only carry finish_reason.
+                # All three servers send one chunk per generated token (llama-server as well, for
+                # requests without stop strings); empty ones only carry finish_reason or usage.
                 if any(choice.get("text") for choice in chunk.get("choices", [])):
                     tokens += 1
                     if not first:
@@ -201,24 +225,31 @@ def summarize(rounds: list[Round]) -> Summary:
     )
 
 
-def table(levels: list[int], results: dict[tuple[str, int], Summary]) -> str:
-    lines = [
-        "| c | server | tok/s | TTFT p50 (s) | TTFT p99 (s) | latency p50 (s) | tok/s vs llama_cpp.server | TTFT p50 vs llama_cpp.server | failed |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+def table(levels: list[int], names: list[str], results: dict[tuple[str, int], Summary]) -> str:
+    ref = REFERENCE in names
+    head = "| c | server | tok/s | TTFT p50 (s) | TTFT p99 (s) | latency p50 (s) | tok/s vs llama_cpp.server | TTFT p50 vs llama_cpp.server |"
+    rule = "|---|---|---|---|---|---|---|---|"
+    if ref:
+        head += " tok/s vs llama-server | TTFT p50 vs llama-server |"
+        rule += "---|---|"
+    lines = [head + " failed |", rule + "---|"]
     for c in levels:
         base = results[(BASELINE, c)]
-        for name in (OURS, BASELINE):
+        for name in names:
             s = results[(name, c)]
-            lines.append(
+            row = (
                 f"| {c} | {name} | {s.tok_s:.1f} | {s.ttft_p50:.2f} | {s.ttft_p99:.2f} | {s.latency_p50:.2f} "
-                f"| {s.tok_s / base.tok_s:.2f}x | {s.ttft_p50 / base.ttft_p50:.2f}x | {s.failures} |"
+                f"| {s.tok_s / base.tok_s:.2f}x | {s.ttft_p50 / base.ttft_p50:.2f}x |"
             )
+            if ref:
+                r = results[(REFERENCE, c)]
+                row += f" {s.tok_s / r.tok_s:.2f}x | {s.ttft_p50 / r.ttft_p50:.2f}x |"
+            lines.append(row + f" {s.failures} |")
     return "\n".join(lines)
 
 
-def check_targets(levels: list[int], results: dict[tuple[str, int], Summary]) -> list[str]:
-    """Issue 8's targets against llama_cpp.server; returns the missed ones."""
+def check_targets(levels: list[int], names: list[str], results: dict[tuple[str, int], Summary]) -> list[str]:
+    """Issue 8's targets against llama_cpp.server and, when measured, llama-server; returns the missed ones."""
     missed = []
     for c in levels:
         ours, base = results[(OURS, c)], results[(BASELINE, c)]
@@ -230,10 +261,29 @@ def check_targets(levels: list[int], results: dict[tuple[str, int], Summary]) ->
             missed.append(f"c=8: TTFT p50 {ours.ttft_p50:.2f}s is above llama_cpp.server's {base.ttft_p50:.2f}s")
         if c == 16 and ours.tok_s < base.tok_s:
             missed.append(f"c=16: {ours.tok_s:.1f} tok/s is below llama_cpp.server's {base.tok_s:.1f}")
+        if REFERENCE in names and c in (8, 16):
+            ref = results[(REFERENCE, c)]
+            if ours.tok_s < 1.1 * ref.tok_s:
+                missed.append(f"c={c}: {ours.tok_s:.1f} tok/s is below 1.1x llama-server ({1.1 * ref.tok_s:.1f})")
+            if ours.ttft_p50 > 1.2 * ref.ttft_p50:
+                missed.append(f"c={c}: TTFT p50 {ours.ttft_p50:.2f}s is above 1.2x llama-server's ({1.2 * ref.ttft_p50:.2f}s)")
     return missed
 
 
-def record(args: argparse.Namespace, argv: list[str], model: str, rev: str, body: str, missed: list[str]) -> None:
+def reference_note(args: argparse.Namespace, levels: list[int]) -> str:
+    binary = llama_server(args)
+    if binary is None:
+        return "- not measured: llama.cpp's own `llama-server` (not built: run `scripts/build-llama-server`)"
+    parallel = max(levels)
+    shown = binary.relative_to(ROOT) if binary.is_relative_to(ROOT) else binary
+    return (
+        f"- llama-server: `{shown}` (the llama.cpp vendored in the llama-cpp-python {version('llama-cpp-python')} sdist), "
+        f"`--parallel {parallel} --cont-batching --threads {args.threads} --threads-batch {args.threads} "
+        f"--ctx-size {args.n_ctx * parallel}` ({args.n_ctx} per slot)"
+    )
+
+
+def record(args: argparse.Namespace, argv: list[str], model: str, rev: str, body: str, missed: list[str], reference: str) -> None:
     command = command_line(argv)
     versions = ", ".join(f"{p} {version(p)}" for p in ("llama-cpp-python", "aiohttp", "uvicorn", "fastapi"))
     entry = [
@@ -244,7 +294,7 @@ def record(args: argparse.Namespace, argv: list[str], model: str, rev: str, body
         f"- model: `{Path(model).name}`, {args.threads} threads each, n_ctx {args.n_ctx}, streaming completions, "
         f"max_tokens {args.max_tokens}, temperature 0, {args.requests_per_client} requests per client, "
         f"medians over {args.reps} interleaved reps",
-        "- not measured: llama.cpp's own `llama-server` (not built here; see the notes above)",
+        reference,
         "",
         body,
         "",
@@ -259,23 +309,25 @@ def run(args: argparse.Namespace, *, argv: list[str]) -> int:
     model = args.model or bundled_model()
     rev = revision()  # of the code the servers start with
     results: dict[tuple[str, int], list[Round]] = {}
-    total = 2 * args.reps * sum(c * args.requests_per_client for c in levels)
-    with servers(args, model) as started, tqdm(total=total, unit="req", desc="bench node") as progress:
+    names = [OURS, BASELINE] + ([REFERENCE] if llama_server(args) else [])
+    total = len(names) * args.reps * sum(c * args.requests_per_client for c in levels)
+    with servers(args, model, levels) as started, tqdm(total=total, unit="req", desc="bench node") as progress:
         for rep in range(args.reps):
-            for c in levels:
-                # Alternate who goes first, so drift on a noisy machine hits both alike.
-                for server in started if (rep + c) % 2 == 0 else started[::-1]:
+            for k, c in enumerate(levels):
+                # Rotate who goes first, so drift on a noisy machine hits all alike.
+                shift = (rep + k) % len(started)
+                for server in started[shift:] + started[:shift]:
                     progress.set_postfix_str(f"rep {rep + 1} c={c} {server.name}")
                     outcome = asyncio.run(load_round(server, c, args.requests_per_client, progress))
                     results.setdefault((server.name, c), []).append(outcome)
     summaries = {key: summarize(rounds) for key, rounds in results.items()}
-    body = table(levels, summaries)
-    missed = check_targets(levels, summaries)
+    body = table(levels, names, summaries)
+    missed = check_targets(levels, names, summaries)
     print()
     print(body)
     print()
     print("Targets: all met." if not missed else "Targets MISSED:\n  " + "\n  ".join(missed))
     if not args.no_record:
-        record(args, argv, model, rev, body, missed)
+        record(args, argv, model, rev, body, missed, reference_note(args, levels))
         print(f"Appended to {DOC.relative_to(ROOT)}")
     return 1 if missed else 0

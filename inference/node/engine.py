@@ -22,8 +22,9 @@ import queue
 import random
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from llama_cpp._logger import set_verbose
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import LlamaGrammar
 
+from .telemetry import EngineTelemetry
+
 logger = logging.getLogger(__name__)
 
 PENALTY_LAST_N = 64
@@ -47,6 +50,10 @@ PREFILL_BUDGET = 256
 MAX_TOP_LOGPROBS = 20
 # Prompt tokens worth prefilling again rather than decoding in one more ubatch every step.
 RUN_COST = 128
+# Restoring a cached prompt's KV into a slot, in prompt tokens: a tie-breaker for the slot's own cache.
+RESTORE_COST = 1
+PROMPT_CACHE_BYTES = 256 * 1024 * 1024
+PROMPT_CACHE_ENTRIES = 256
 
 
 class EngineError(Exception):
@@ -274,6 +281,7 @@ class Sequence:
         self.text = ""
         self.sent = 0
         self.count = 0
+        self.queued_at = time.monotonic()  # for the time to first token; 0 once it is recorded
         # Logprob entries not yet sent, each with the offset in `text` where its token starts.
         self.logprobs: list[tuple[int, TokenLogprob]] = []
 
@@ -285,15 +293,68 @@ class Slot:
     # Prompt tokens in this slot's KV that were computed by aligned prefill chunks: the only
     # prefix another request may reuse without changing its logits.
     cached: list[int] = field(default_factory=list)
+    # The logits after the last token of `cached` when it is a whole prompt: the same prompt
+    # again then needs no prefill at all, and samples its first token from exactly these.
+    logits: np.ndarray | None = None
 
 
-def _shared_prefix(a: list[int], b: list[int]) -> int:
+def _shared_prefix(a: Iterable[int], b: Iterable[int]) -> int:
     n = 0
     for x, y in zip(a, b):
         if x != y:
             break
         n += 1
     return n
+
+
+def _reusable(cached: SequenceOf[int], has_logits: bool, prompt: list[int]) -> int:
+    """How many tokens of `prompt` a cached prefix serves without changing its logits."""
+    # Cut to a chunk boundary and short of the last prompt token, whose logits are needed,
+    # unless the cache holds this very prompt and its final logits.
+    shared = _shared_prefix(cached, prompt)
+    if shared == len(prompt) == len(cached) and has_logits:
+        return shared
+    return min(shared, len(prompt) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
+
+
+class PromptCache:
+    """Whole prompts' KV (llama.cpp sequence state) and final logits in RAM, least recently used out first.
+
+    Restoring a prompt into any free slot costs a copy of its own cells (~0.2 ms for 14 tokens of
+    SmolLM2-135M), so a repeated prompt needs no prefill even when the slot that computed it is
+    busy, or not next to the running ones. The bytes are exactly what the aligned prefill wrote.
+    """
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.size = 0
+        self._entries: OrderedDict[tuple[int, ...], tuple[ctypes.Array[ctypes.c_uint8], np.ndarray]] = OrderedDict()
+
+    def fits(self, size: int) -> bool:
+        return 0 < size <= self.budget // 8
+
+    def put(self, prompt: tuple[int, ...], state: ctypes.Array[ctypes.c_uint8], logits: np.ndarray) -> None:
+        old = self._entries.pop(prompt, None)
+        if old is not None:
+            self.size -= len(old[0])
+        self._entries[prompt] = (state, logits)
+        self.size += len(state)
+        while self.size > self.budget or len(self._entries) > PROMPT_CACHE_ENTRIES:
+            _, (evicted, _) = self._entries.popitem(last=False)
+            self.size -= len(evicted)
+
+    def best(self, prompt: list[int]) -> tuple[tuple[int, ...] | None, int]:
+        """The entry serving most of `prompt`, and how many tokens it serves."""
+        best, best_keep = None, 0
+        for cached in self._entries:
+            keep = _reusable(cached, True, prompt)
+            if keep > best_keep:
+                best, best_keep = cached, keep
+        return best, best_keep
+
+    def take(self, prompt: tuple[int, ...]) -> tuple[ctypes.Array[ctypes.c_uint8], np.ndarray]:
+        self._entries.move_to_end(prompt)
+        return self._entries[prompt]
 
 
 class Engine:
@@ -319,6 +380,9 @@ class Engine:
         self.active: list[Sequence] = []
         self.waiting: deque[Sequence] = deque()
         self.reused_tokens = 0  # prompt tokens served from a slot's cache instead of prefilled
+        self.restored_prompts = 0  # prompts whose KV came back from the prompt cache
+        self.prompt_cache = PromptCache(PROMPT_CACHE_BYTES)
+        self.telemetry = EngineTelemetry()
         # Events of one step go to each loop in one call: a wake-up per token would keep the loop
         # thread holding the GIL just when this thread returns from a llama.cpp call and needs it.
         self._outbox: list[tuple[Job, Any]] = []
@@ -381,7 +445,7 @@ class Engine:
                     self._fail(seq, error)
                 llama_cpp.llama_memory_clear(self.memory, True)
                 for slot in self.slots:
-                    slot.cached = []
+                    slot.cached, slot.logits = [], None
             self._flush()
         error = EngineError("The model was unloaded.", status=503, code="model_unloading")
         with self._cond:
@@ -421,11 +485,21 @@ class Engine:
             if seq.job.cancelled():
                 self._finish(seq, "cancelled")
                 continue
-            best, keep = self._pick_slot(seq, free)
+            best, entry, keep = self._pick_slot(seq, free)
+            if entry is not None:
+                state, logits = self.prompt_cache.take(entry)
+                llama_cpp.llama_memory_seq_rm(self.memory, best.id, -1, -1)
+                if llama_cpp.llama_state_seq_set_data(self.ctx.ctx, state, len(state), best.id):
+                    best.cached, best.logits = list(entry), logits
+                    self.restored_prompts += 1
+                else:
+                    best.cached, best.logits, keep = [], None, 0
             if not llama_cpp.llama_memory_seq_rm(self.memory, best.id, keep, -1):
                 llama_cpp.llama_memory_seq_rm(self.memory, best.id, -1, -1)
                 keep = 0
             best.cached = best.cached[:keep]
+            if keep < len(seq.prompt):
+                best.logits = None
             self.reused_tokens += keep
             best.seq = seq
             seq.slot = best
@@ -434,29 +508,42 @@ class Engine:
             if seq.prefix:
                 self._emit(seq.job, (seq.index, Delta(seq.prefix)))
 
-    def _pick_slot(self, seq: Sequence, free: list[Slot]) -> tuple[Slot, int]:
-        """Pick the cheapest free slot for `seq`; return it and how many cached prompt tokens it keeps."""
-        # Cost: prompt tokens left to prefill, plus RUN_COST for each extra run of consecutive
-        # busy slots, since llama.cpp decodes each run as its own ubatch, every step. The kept
-        # prefix is cut to a chunk boundary and stops short of the last prompt token, whose
-        # logits are needed.
+    def _pick_slot(self, seq: Sequence, free: list[Slot]) -> tuple[Slot, tuple[int, ...] | None, int]:
+        """Pick the cheapest free slot for `seq`, and the prompt cache entry to restore in it first (or None).
+
+        Returns them with how many cached prompt tokens the sequence keeps.
+        """
+        # Cost: prompt tokens left to prefill, RESTORE_COST when the prefix comes from the
+        # prompt cache, plus RUN_COST for each extra run of consecutive busy slots, since
+        # llama.cpp decodes each run as its own ubatch, every step.
+        n = len(seq.prompt)
+        entry, entry_keep = self.prompt_cache.best(seq.prompt)
         busy = {slot.id for slot in self.slots if slot.seq is not None}
-        best, best_keep, best_cost = free[0], 0, None
+        best, best_entry, best_keep, best_cost = free[0], None, 0, None
         for slot in free:
-            shared = min(_shared_prefix(slot.cached, seq.prompt), len(seq.prompt) - 1)
-            keep = shared // PREFILL_CHUNK * PREFILL_CHUNK
+            keep, restore, extra = _reusable(slot.cached, slot.logits is not None, seq.prompt), None, 0
+            if entry is not None and entry_keep - RESTORE_COST > keep:
+                keep, restore, extra = entry_keep, entry, RESTORE_COST
             neighbours = (slot.id - 1 in busy) + (slot.id + 1 in busy)
             runs_added = (1 - neighbours) if busy else 0
             # On a tie, the slot caching least: other slots' prefixes stay for their next turn.
-            cost = (len(seq.prompt) - keep + RUN_COST * runs_added, len(slot.cached))
+            cost = (n - keep + extra + RUN_COST * runs_added, len(slot.cached))
             if best_cost is None or cost < best_cost:
-                best, best_keep, best_cost = slot, keep, cost
-        return best, best_keep
+                best, best_entry, best_keep, best_cost = slot, restore, keep, cost
+        return best, best_entry, best_keep
 
     def _step(self) -> None:
         for seq in list(self.active):
             if seq.job.cancelled():
                 self._finish(seq, "cancelled")
+        # A prompt found whole in a slot's cache needs no decode for its first token: it joins
+        # this very step.
+        cached = [seq for seq in self.active if seq.pending is None and seq.slot is not None and seq.n_past == len(seq.prompt)]
+        if cached:
+            for seq in cached:
+                self._sample(seq, -1, seq.slot.logits)  # type: ignore[union-attr]
+            self.telemetry.record_tokens(len(cached), now=time.monotonic())
+            self._flush()
         # In slot order: llama.cpp only joins consecutive sequence ids into one ubatch.
         generating = sorted((seq for seq in self.active if seq.pending is not None), key=lambda seq: seq.slot.id)  # type: ignore[union-attr]
         if generating:
@@ -485,6 +572,7 @@ class Engine:
             seq.n_past += 1
             seq.pending = None
             self._sample(seq, i)
+        self.telemetry.record_tokens(len(seqs), now=time.monotonic())
 
     def _prefill_chunk(self, seq: Sequence) -> int:
         """Evaluate the prompt up to the next chunk boundary, alone; sample when it is complete."""
@@ -505,24 +593,46 @@ class Engine:
         seq.n_past = end
         seq.slot.cached = seq.prompt[:end]
         if last:
+            seq.slot.logits = self._row(end - start - 1).copy()
+            self._save_prompt(seq.slot)
             self._sample(seq, end - start - 1)
+            self.telemetry.record_tokens(1, now=time.monotonic())
         return end - start
+
+    def _save_prompt(self, slot: Slot) -> None:
+        """Keep the slot's whole, just-prefilled prompt (KV and final logits) in the prompt cache."""
+        size = llama_cpp.llama_state_seq_get_size(self.ctx.ctx, slot.id)
+        if not self.prompt_cache.fits(size):
+            return
+        state = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(self.ctx.ctx, state, size, slot.id) == size:
+            assert slot.logits is not None
+            self.prompt_cache.put(tuple(slot.cached), state, slot.logits)
 
     def _decode(self) -> None:
         status = llama_cpp.llama_decode(self.ctx.ctx, self.batch)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
 
-    def _sample(self, seq: Sequence, idx: int) -> None:
-        """Draw the sequence's next token from batch row `idx`; emit its text, or finish it."""
-        token = self._draw(seq, idx)
+    def _row(self, idx: int) -> np.ndarray:
+        """The logits of batch row `idx` of the last decode, as a view."""
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx.ctx, idx), shape=(self.generator.n_vocab,))
+
+    def _sample(self, seq: Sequence, idx: int, logits: np.ndarray | None = None) -> None:
+        """Draw the sequence's next token from batch row `idx` (or `logits`); emit its text, or finish it."""
+        token = self._draw(seq, idx, logits)
+        if seq.queued_at:
+            now = time.monotonic()
+            self.telemetry.record_ttft(now - seq.queued_at, now=now)
+            seq.queued_at = 0.0
         if self._is_eog(token):
             self._finish(seq, "stop")
             return
         seq.count += 1
         piece = self._piece(token)
         if seq.params.logprobs is not None:
-            seq.logprobs.append((len(seq.text), self._logprob(token, piece, idx, seq.params.logprobs)))
+            row = self._row(idx) if logits is None else logits
+            seq.logprobs.append((len(seq.text), self._logprob(token, piece, row, seq.params.logprobs)))
         seq.text += seq.decoder.decode(piece)
         # Held-back text never contains a whole stop, so a stop can only start at or after `sent`.
         hits = [i for i in (seq.text.find(s, seq.sent) for s in seq.stops) if i >= 0]
@@ -538,15 +648,21 @@ class Engine:
         else:
             seq.pending = token
 
-    def _draw(self, seq: Sequence, idx: int) -> int:
-        """Sample batch row `idx` with the sequence's chain, within its grammar if it has one."""
-        if seq.grammar is None:
+    def _draw(self, seq: Sequence, idx: int, logits: np.ndarray | None = None) -> int:
+        """Sample batch row `idx` (or `logits`) with the sequence's chain, within its grammar if it has one."""
+        if seq.grammar is None and logits is None:
             return seq.sampler.sample(self.ctx, idx)
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx.ctx, idx), shape=(self.generator.n_vocab,))
+        if logits is None:
+            logits = self._row(idx)
+        # What llama_sampler_sample does with a context's row, on an array.
         cands = self._candidates
         cands.copy_logits(logits)
+        cands.candidates.selected = -1
         llama_cpp.llama_sampler_apply(seq.sampler.sampler, ctypes.byref(cands.candidates))
         token = int(cands.candidates_data.id[cands.candidates.selected])
+        if seq.grammar is None:
+            seq.sampler.accept(token)
+            return token
         # Applying a grammar to the whole vocabulary costs more than a decode step, and would slow
         # every sequence in the batch: check the unconstrained pick alone first, as llama.cpp's
         # own samplers do, and constrain the full distribution only when the pick is rejected.
@@ -575,9 +691,8 @@ class Engine:
             eog = self._eog[token] = self.generator.is_eog(token)
         return eog
 
-    def _logprob(self, token: int, piece: bytes, idx: int, top: int) -> TokenLogprob:
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx.ctx, idx), shape=(self.generator.n_vocab,))
-        logits = logits.astype(np.float64)
+    def _logprob(self, token: int, piece: bytes, row: np.ndarray, top: int) -> TokenLogprob:
+        logits = row.astype(np.float64)
         peak = logits.max()
         logz = peak + np.log(np.exp(logits - peak).sum())
         alternatives: list[tuple[str, list[int], float]] = []
@@ -665,6 +780,12 @@ class ModelWorker:
     def queued(self) -> int:
         return (len(self.engine.waiting) if self.engine else 0) + self._side.qsize()
 
+    def tokens_per_s(self) -> float:
+        return self.engine.telemetry.tokens_per_s() if self.engine else 0.0
+
+    def ttfts(self) -> list[float]:
+        return self.engine.telemetry.ttfts() if self.engine else []
+
     def _slots(self, model: internals.LlamaModel) -> int:
         if self.spec.slots:
             return self.spec.slots
@@ -699,6 +820,7 @@ class ModelWorker:
         self.engine.start()
         # Warm-up: the first decode allocates compute buffers; keep that off the first request.
         self._warm_up()
+        self.engine.telemetry.clear()  # the heartbeat reports served requests only
         if self.embedder is not None:
             self.embedder.embed("Hello")
         self._side_thread.start()

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .engine import DONE, Delta, EngineError, Job, ModelWorker, QueueFull
 from .openai import Choice, Shape, embedding_item, sampling_params, usage
+from .telemetry import percentile
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +69,14 @@ class NodeApp:
         return await handler(request)
 
     def stats(self) -> dict[str, Any]:
+        workers = list(self.workers.values())
         return {
-            "inflight": sum(w.inflight for w in self.workers.values()),
-            "queued": sum(w.queued for w in self.workers.values()),
-            "slots": sum(len(w.engine.slots) for w in self.workers.values() if w.engine is not None),
+            "inflight": sum(w.inflight for w in workers),
+            "queued": sum(w.queued for w in workers),
+            "slots": sum(len(w.engine.slots) for w in workers if w.engine is not None),
             "models": {name: {"ready": w.ready} for name, w in self.workers.items()},
+            "tokens_per_s": round(sum(w.tokens_per_s() for w in workers), 2),
+            "ttft_p95_ms": round(1000 * percentile([t for w in workers for t in w.ttfts()], 0.95), 1),
         }
 
     async def health(self, request: web.Request) -> web.Response:

@@ -125,6 +125,36 @@ async def test_a_shared_prompt_prefix_is_reused_without_changing_the_answer(work
     assert follow_up.text == fresh.text
 
 
+async def test_the_same_short_prompt_again_skips_prefill_and_gives_the_same_answer(worker):
+    prompt = "Twelve short words about a cat sat here:"  # shorter than one prefill chunk
+    n_prompt = len(worker.generator.text_prompt(prompt))
+    fresh = await run(worker, prompt, max_tokens=8, temperature=0.7, seed=11, logprobs=2)
+    reused_before = worker.engine.reused_tokens
+
+    again = await run(worker, prompt, max_tokens=8, temperature=0.7, seed=11, logprobs=2)
+
+    assert worker.engine.reused_tokens - reused_before == n_prompt
+    assert again.text == fresh.text
+    assert [(e.token, e.logprob, e.top) for e in again.logprobs] == [(e.token, e.logprob, e.top) for e in fresh.logprobs]
+
+
+async def test_a_prompt_another_request_is_answering_is_restored_from_the_prompt_cache(worker):
+    prompt = "A prompt that another request is still answering, word for word:"
+    n_prompt = len(worker.generator.text_prompt(prompt))
+    fresh = await run(worker, prompt, max_tokens=8, temperature=0)
+    endless = start(worker, prompt, max_tokens=300, temperature=0, logit_bias={0: -100, 2: -100})
+    await wait_for(lambda: any(seq.count for seq in worker.engine.active))
+    restored_before, reused_before = worker.engine.restored_prompts, worker.engine.reused_tokens
+
+    again = await run(worker, prompt, max_tokens=8, temperature=0)
+
+    endless.cancel()
+    await collect(endless)
+    assert worker.engine.restored_prompts - restored_before == 1
+    assert worker.engine.reused_tokens - reused_before == n_prompt
+    assert again.text == fresh.text
+
+
 async def test_stop_string_spanning_tokens_is_cut_and_never_emitted(worker):
     free = await run(worker, "1, 2, 3, 4,", max_tokens=16, temperature=0)
     stop = " 6, 7"  # spans several tokens of the free answer
