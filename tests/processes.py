@@ -59,7 +59,8 @@ class Fleet:
         ARTIFACTS.mkdir(exist_ok=True)
         with (ARTIFACTS / f"{self.prefix}-{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "manage.py", *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "manage.py", *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop_all also reaps any children
             )
 
     def start_gateway(self, name: str, **extra_env: str) -> None:
@@ -80,6 +81,7 @@ class Fleet:
                 [str(Path(sys.executable).parent / "celery"), "-A", "axserving", "worker", "-B", "-Q", "celery",
                  "--pool", "solo", "--loglevel", "INFO", "--schedule", schedule, "-n", f"control-{self.db_name}@%h"],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # -B runs beat in a child process, which a kill of the worker alone would orphan
             )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
@@ -109,8 +111,10 @@ class Fleet:
 
     def stop_all(self) -> None:
         for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the whole group, even when its leader was killed earlier
+            except ProcessLookupError:
+                pass
         for proc in self.procs.values():
             proc.wait(timeout=30)
         with psycopg.connect(dbname="postgres", autocommit=True, **self.db_params) as conn:
