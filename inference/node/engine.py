@@ -11,6 +11,8 @@ token per sequence, and prompts prefill alone in chunks aligned to multiples of 
 from position 0. A sequence's logits are then bit-identical whatever else shares the batch, and a
 reused prefix (cut to a chunk boundary inside the previous prompt) holds exactly the KV a fresh
 prefill would compute: greedy output does not depend on load, and a seed reproduces.
+A whole prompt seen before needs no prefill at all: its KV and final logits, as that aligned
+prefill left them, come back from a RAM prompt cache into whichever slot is free.
 """
 
 import asyncio
