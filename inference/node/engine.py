@@ -487,7 +487,17 @@ class Engine:
             if seq.job.cancelled():
                 self._finish(seq, "cancelled")
                 continue
-            best, entry, keep = self._pick_slot(seq, free)
+            try:
+                self._place(seq, free)
+            except Exception as exc:
+                # One request that cannot be placed fails alone; the engine thread and the rest go on.
+                logger.exception("Admitting a request failed in %s", self.name, extra={"model": self.name})
+                self._fail(seq, EngineError(f"Engine failure: {exc}", status=500, code="engine_error"))
+
+    def _place(self, seq: Sequence, free: list[Slot]) -> None:
+        """Put `seq` in the cheapest free slot, restoring or keeping what KV prefix it can."""
+        best, entry, keep = self._pick_slot(seq, free)
+        try:
             if entry is not None:
                 state, logits = self.prompt_cache.take(entry)
                 llama_cpp.llama_memory_seq_rm(self.memory, best.id, -1, -1)
@@ -499,16 +509,21 @@ class Engine:
             if not llama_cpp.llama_memory_seq_rm(self.memory, best.id, keep, -1):
                 llama_cpp.llama_memory_seq_rm(self.memory, best.id, -1, -1)
                 keep = 0
-            best.cached = best.cached[:keep]
-            if keep < len(seq.prompt):
-                best.logits = None
-            self.reused_tokens += keep
-            best.seq = seq
-            seq.slot = best
-            seq.n_past = keep
-            self.active.append(seq)
-            if seq.prefix:
-                self._emit(seq.job, (seq.index, Delta(seq.prefix)))
+        except Exception:
+            # The slot's KV no longer matches what it says it caches: start it empty.
+            best.cached, best.logits = [], None
+            llama_cpp.llama_memory_seq_rm(self.memory, best.id, -1, -1)
+            raise
+        best.cached = best.cached[:keep]
+        if keep < len(seq.prompt):
+            best.logits = None
+        self.reused_tokens += keep
+        best.seq = seq
+        seq.slot = best
+        seq.n_past = keep
+        self.active.append(seq)
+        if seq.prefix:
+            self._emit(seq.job, (seq.index, Delta(seq.prefix)))
 
     def _pick_slot(self, seq: Sequence, free: list[Slot]) -> tuple[Slot, tuple[int, ...] | None, int]:
         """Pick the cheapest free slot for `seq`, and the prompt cache entry to restore in it first (or None).

@@ -307,3 +307,26 @@ async def test_another_conversation_in_between_keeps_the_first_ones_cached_prefi
     await run(worker, history + "Second question:", max_tokens=4, temperature=0)
 
     assert worker.engine.reused_tokens - reused_before >= 64
+
+
+async def test_a_request_that_fails_to_be_placed_fails_alone_and_the_engine_keeps_serving(worker, monkeypatch):
+    expected = (await run(worker, PROMPTS[0], max_tokens=8, temperature=0)).text
+    engine = worker.engine
+    real_pick = engine._pick_slot
+    calls = {"n": 0}
+
+    def pick_once_broken(seq, free):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated llama.cpp failure while placing a request")
+        return real_pick(seq, free)
+
+    monkeypatch.setattr(engine, "_pick_slot", pick_once_broken)
+
+    with pytest.raises(EngineError) as failed:
+        await asyncio.wait_for(run(worker, PROMPTS[1], max_tokens=8, temperature=0), timeout=30)
+    after = await asyncio.wait_for(run(worker, PROMPTS[0], max_tokens=8, temperature=0), timeout=30)
+
+    assert failed.value.status == 500 and failed.value.code == "engine_error"
+    assert after.text == expected
+    assert engine._thread.is_alive()
