@@ -18,7 +18,10 @@ POLICIES = ("least_inflight", "weighted_round_robin", "model_affinity", "scored"
 class PolicyState:
     """Per-model memory of a policy: smooth weighted round-robin weights and a tie-break counter."""
 
-    current: dict[str, float] = field(default_factory=dict)
+    # Smooth weighted round robin's running weight per route, aligned with the routes sequence it
+    # belongs to; carried over by node name when the routing table is rebuilt.
+    current: list[float] = field(default_factory=list)
+    current_of: Sequence[Route] = ()
     turn: int = 0
     # The scored policy's load-independent part per route, for the routes tuple it was computed on
     # (the routing table's, rebuilt every refresh).
@@ -60,26 +63,25 @@ def least_inflight(routes: Sequence[Route], state: PolicyState, *, local: Local 
 
 def weighted_round_robin(routes: Sequence[Route], state: PolicyState, *, local: Local = _NONE) -> Route:
     """Smooth weighted round robin, each node weighted by its free slots (at least 1)."""
+    if state.current_of is not routes:
+        carried = dict(zip((r.node for r in state.current_of), state.current, strict=True))
+        state.current = [carried.get(r.node, 0.0) for r in routes]  # nodes that left are forgotten
+        state.current_of = routes
     current = state.current
-    if len(current) > len(routes):  # forget nodes that left
-        names = {r.node for r in routes}
-        for gone in [name for name in current if name not in names]:
-            del current[gone]
     total = 0.0
-    chosen: Route | None = None
+    chosen = -1
     top, top_node = -math.inf, ""
-    mine, weights = local.get, current.get
-    for r in routes:  # inline: this loop runs for every node on every request
+    mine = local.get
+    for i, r in enumerate(routes):  # inline: this loop runs for every node on every request
         free = r.slots - mine(r.node, 0) - r.inflight
         weight = free if free > 1 else 1
-        value = weights(r.node, 0.0) + weight
-        current[r.node] = value
+        value = current[i] + weight
+        current[i] = value
         total += weight
         if value > top or (value == top and r.node > top_node):
-            top, top_node, chosen = value, r.node, r
-    assert chosen is not None
-    current[chosen.node] -= total
-    return chosen
+            top, top_node, chosen = value, r.node, i
+    current[chosen] -= total
+    return routes[chosen]
 
 
 def model_affinity(routes: Sequence[Route], state: PolicyState, *, affinity_key: str, local: Local = _NONE) -> Route:
