@@ -1,5 +1,6 @@
 """Run the gateway (Daphne) with a graceful stop: fail readiness, finish in-flight, exit."""
 
+import asyncio
 import logging
 import signal
 import time
@@ -72,3 +73,13 @@ def run_gateway(*, host: str, port: int) -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     server.run()
+    _close_node_client()
+
+
+def _close_node_client() -> None:
+    """Close the pooled client to nodes on the loop Daphne ran (stopped, not closed), so its connections end cleanly."""
+    from inference import client
+
+    loop = asyncio.get_event_loop()
+    if not loop.is_closed() and not loop.is_running():
+        loop.run_until_complete(client.aclose())
