@@ -8,7 +8,6 @@ thread hop per request under ASGI (docs/benchmarks.md).
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -18,12 +17,11 @@ from channels.generic.http import AsyncHttpConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.http import HttpResponseBase
-from django.utils.datastructures import CaseInsensitiveMapping
 
 from axserving import metrics
 from axserving.access.selectors import KeyInfo
 from axserving.errors import ApiError, AuthenticationFailed, BodyTooLarge, error_response, server_error_body
-from axserving.middleware import request_id_for, stamp
+from axserving.middleware import stamp
 from fleet import ticker
 
 from . import realtime, services, views
@@ -40,35 +38,6 @@ class _NoConnectionCleanup:
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
-
-
-@dataclass(slots=True)
-class ApiRequest:
-    """What the OpenAI views, governance and `services.aforward` read from an HttpRequest, built from the ASGI scope."""
-
-    method: str
-    path: str
-    headers: CaseInsensitiveMapping[str]
-    body: bytes
-    client: str
-    axs_started: float
-    request_id: str = ""
-    api_key: KeyInfo | None = None
-    axs_model: str = ""
-    node_seconds: float | None = None
-    priority: int = 0
-
-    @property
-    def META(self) -> dict[str, str]:  # noqa: N802  (HttpRequest's name: the rejection audit reads the client address)
-        return {"REMOTE_ADDR": self.client}
-
-    @classmethod
-    def from_scope(cls, scope: dict[str, Any], body: bytes, started: float) -> "ApiRequest":
-        headers = CaseInsensitiveMapping({name.decode("latin1"): value.decode("latin1") for name, value in scope["headers"]})
-        client = scope.get("client") or ("", 0)
-        request = cls(method=scope["method"], path=scope["path"], headers=headers, body=body, client=client[0], axs_started=started)
-        request.request_id = request_id_for(request)  # type: ignore[arg-type]
-        return request
 
 
 # Path -> (metrics endpoint label, view). Everything else under /v1 is Django's (asgi.py).
@@ -120,7 +89,7 @@ class OpenAIHttpConsumer(_NoConnectionCleanup, AsyncHttpConsumer):
 
     async def answer(self, body: bytes | None) -> None:
         ticker.ensure_running()  # the dashboard's per-process figures; a no-op once started
-        request = ApiRequest.from_scope(self.scope, body or b"", self.started)
+        request = services.ApiRequest.from_scope(self.scope, body or b"", self.started)
         endpoint, view = OPENAI_POSTS[self.scope["path"]]
         try:
             response: HttpResponseBase = BodyTooLarge().to_response() if body is None else await view(request)
@@ -156,7 +125,7 @@ class RealtimeCompletionsConsumer(_NoConnectionCleanup, AsyncWebsocketConsumer):
     key: KeyInfo | None = None
     auth_error: ApiError | None = None
     task: asyncio.Task[None] | None = None
-    current: realtime.RealtimeRequest | None = None
+    current: services.ApiRequest | None = None
     authorization = ""
 
     async def connect(self) -> None:
@@ -192,8 +161,8 @@ class RealtimeCompletionsConsumer(_NoConnectionCleanup, AsyncWebsocketConsumer):
             realtime.record(endpoint=message.endpoint, ctx=None, key=None, status=error.status, error=error)
             await self.send(text_data=realtime.error_message(error).decode())
         else:
-            ctx = realtime.RealtimeRequest(
-                api_key=self.key, request_id=message.request_id, headers={"Authorization": self.authorization}
+            ctx = services.ApiRequest.for_socket(
+                self.scope, api_key=self.key, request_id=message.request_id, authorization=self.authorization
             )
             self.current = ctx
             self.task = asyncio.create_task(self._run(ctx, message))
@@ -216,7 +185,7 @@ class RealtimeCompletionsConsumer(_NoConnectionCleanup, AsyncWebsocketConsumer):
         await asyncio.gather(task, return_exceptions=True)
         await self.send(text_data=realtime.done_message(ctx.request_id, cancelled=True).decode())
 
-    async def _run(self, ctx: realtime.RealtimeRequest, message: realtime.Message) -> None:
+    async def _run(self, ctx: services.ApiRequest, message: realtime.Message) -> None:
         status = 200
         error: ApiError | None = None
         try:

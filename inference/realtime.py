@@ -7,7 +7,6 @@ through, never re-encoded). A request ends with exactly one of `{"type": "done",
 error envelope `{"error": {...}}`.
 """
 
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -30,19 +29,6 @@ ENDPOINTS = {
 _TYPES = {"chat.completions": "chat/completions", "chat/completions": "chat/completions", "completions": "completions"}
 _DATA = b"data: "
 _DONE = b"[DONE]"
-
-
-@dataclass(slots=True)
-class RealtimeRequest:
-    """What `services.aforward` reads from an HttpRequest, for one request on a socket."""
-
-    api_key: KeyInfo
-    request_id: str
-    axs_started: float = field(default_factory=time.perf_counter)
-    axs_model: str = ""
-    node_seconds: float | None = None
-    headers: dict[str, str] = field(default_factory=dict)  # the socket's Authorization, for governance's key reload
-    priority: int = 0
 
 
 @dataclass(slots=True)
@@ -127,7 +113,7 @@ def done_message(request_id: str, *, cancelled: bool = False) -> bytes:
     return orjson.dumps({"type": "done", "request_id": request_id, "cancelled": cancelled})
 
 
-def record(*, endpoint: str, ctx: RealtimeRequest | None, key: KeyInfo | None, status: int, error: ApiError | None = None) -> None:
+def record(*, endpoint: str, ctx: services.ApiRequest | None, key: KeyInfo | None, status: int, error: ApiError | None = None) -> None:
     """Count a socket request in the serving metrics, the same way the HTTP middleware does."""
     model = ctx.axs_model if ctx is not None else ""
     metrics.record_request(endpoint=f"realtime/{endpoint}", model=model, project=metrics.project_of(key), status=status)
@@ -137,6 +123,6 @@ def record(*, endpoint: str, ctx: RealtimeRequest | None, key: KeyInfo | None, s
         )
 
 
-async def aforward(ctx: RealtimeRequest, message: Message) -> HttpResponseBase:
+async def aforward(ctx: services.ApiRequest, message: Message) -> HttpResponseBase:
     """Send one request through the same governance, admission, dispatch and relay as the SSE endpoint."""
     return await services.agoverned_forward(ctx, message.endpoint, message.payload, stream=True)

@@ -11,10 +11,13 @@ from typing import Any
 import aiohttp
 import orjson
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.utils.datastructures import CaseInsensitiveMapping
 
 from axserving import metrics
 from axserving.errors import ApiError, ServiceUnavailable
+from axserving.access.selectors import KeyInfo
 from axserving.lifecycle import gateway
+from axserving.middleware import request_id_for
 from fleet import dispatch
 from fleet.selectors import ModelView
 
@@ -27,6 +30,44 @@ _ATTEMPTS = 2
 _DONE = b"data: [DONE]\n\n"
 _PASS_HEADERS = ("Retry-After",)
 _USAGE = re.compile(rb": usage (\{[^\n]*\})\n")
+
+
+@dataclass(slots=True)
+class ApiRequest:
+    """What the OpenAI views, governance and `aforward` read from an HttpRequest, built from an ASGI scope (HTTP or WebSocket)."""
+
+    method: str
+    path: str
+    headers: CaseInsensitiveMapping[str]
+    body: bytes
+    client: str
+    axs_started: float
+    request_id: str = ""
+    api_key: KeyInfo | None = None
+    axs_model: str = ""
+    node_seconds: float | None = None
+    priority: int = 0
+
+    @property
+    def META(self) -> dict[str, str]:  # noqa: N802  (HttpRequest's name: the rejection audit reads the client address)
+        return {"REMOTE_ADDR": self.client}
+
+    @classmethod
+    def from_scope(cls, scope: dict[str, Any], body: bytes, started: float) -> "ApiRequest":
+        headers = CaseInsensitiveMapping({name.decode("latin1"): value.decode("latin1") for name, value in scope["headers"]})
+        client = scope.get("client") or ("", 0)
+        request = cls(method=scope["method"], path=scope["path"], headers=headers, body=body, client=client[0], axs_started=started)
+        request.request_id = request_id_for(request)  # type: ignore[arg-type]
+        return request
+
+    @classmethod
+    def for_socket(cls, scope: dict[str, Any], *, api_key: KeyInfo, request_id: str, authorization: str) -> "ApiRequest":
+        """One request on a WebSocket: the socket's key (its Authorization, for governance's key reload) and the message's id."""
+        client = scope.get("client") or ("", 0)
+        return cls(
+            method="POST", path=scope["path"], headers=CaseInsensitiveMapping({"Authorization": authorization}), body=b"",
+            client=client[0], axs_started=time.perf_counter(), request_id=request_id, api_key=api_key,
+        )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -178,7 +219,7 @@ async def aforward(
 ) -> HttpResponse:
     """Admit, pick a ready node for payload['model'], forward and relay (retry once on another node before the first byte).
 
-    `request` is an HttpRequest or the WebSocket consumer's per-request context: anything with
+    `request` is an HttpRequest or an ApiRequest (the HTTP and WebSocket consumers'): anything with
     `api_key` and `request_id`. Records the serving metrics (in-process only).
     """
     started = getattr(request, "axs_started", None) or time.perf_counter()

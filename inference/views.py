@@ -5,14 +5,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel
 
 from axserving.access import gate, quotas
 from axserving.access.selectors import KeyInfo
-from axserving.errors import ApiError, BodyTooLarge, InvalidJson, InvalidRequest
+from axserving.errors import ApiError, InvalidJson, InvalidRequest
 from fleet import dispatch
 from fleet.selectors import ModelView
 
@@ -45,8 +44,6 @@ def openai_endpoint(method: str) -> Callable[[View], View]:
                     response.status_code = 405
                     response["Allow"] = method
                 return response
-            except RequestDataTooBig:
-                return BodyTooLarge().to_response()
 
         return wrapper
 
