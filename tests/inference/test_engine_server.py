@@ -90,7 +90,10 @@ async def test_a_client_leaving_mid_stream_frees_its_slot(node, worker):
 async def test_a_full_queue_answers_429_with_retry_after(node, worker):
     body = {"model": "m", "prompt": ["Once upon a time"], "stream": True, **ENDLESS}
     streams = [await node.post("/internal/v1/completions", json=body, headers=AUTH) for _ in range(2)]
+    for stream in streams:  # both slots busy: each has produced a token, so neither still waits in the queue
+        await stream.content.readuntil(b"\n\n")
     waiting = [await node.post("/internal/v1/completions", json=body, headers=AUTH) for _ in range(2)]
+    assert [w.status for w in waiting] == [200, 200]
     assert worker.queued == 2
 
     refused = await node.post("/internal/v1/completions", json=body, headers=AUTH)
