@@ -5,6 +5,9 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "axserving.settings")
+    from axserving.lean import skip_unused_imports
+
+    skip_unused_imports(sys.argv)
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

@@ -43,8 +43,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 _LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 REDIS_URL = env("REDIS_URL", default="") or (_LOCAL_REDIS if _reachable(_LOCAL_REDIS, 6379) else "")
 
+# No "daphne" app: gateways start Daphne themselves (inference/gateway.py), so the other processes
+# (nodes, Celery workers, management commands) never import Twisted.
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

@@ -1,9 +1,9 @@
-from celery import shared_task
+from axserving.celery import app
 
 from . import services
 
 
-@shared_task
+@app.task
 def sweep_nodes() -> int:
     """Mark nodes whose heartbeats stopped offline and fail their unfinished deployments (DB, audit)."""
     from models_registry.services import fail_orphaned_deployments

@@ -13,7 +13,7 @@ from audit.services import record_event
 from fleet.errors import NodeNotFound
 from fleet.models import Node
 
-from . import gguf_info, placement, tasks
+from . import gguf_info, placement
 from .errors import InvalidModelPath, LoadInProgress, ModelAlreadyLoaded, ModelIdTaken, NothingToReload
 from .models import Deployment, ModelFile, RegisteredModel
 from .selectors import get_model
@@ -146,10 +146,17 @@ def register_bundled_model(*, progress: bool = False) -> RegisteredModel:
     )
 
 
-def _enqueue(task: object, deployment: Deployment, node: Node) -> None:
-    """Send the task to the node's own queue once the transaction commits."""
+def _enqueue(task_name: str, deployment: Deployment, node: Node) -> None:
+    """Send the lifecycle task (models_registry.tasks) to the node's own queue once the transaction commits.
+
+    The tasks module, and with it Celery, is imported on first use: a gateway that never changes
+    a deployment does not carry Celery in memory (docs/benchmarks.md).
+    """
+    from . import tasks
+
+    task = getattr(tasks, task_name)
     queue, deployment_id = f"node.{node.name}", deployment.pk
-    transaction.on_commit(lambda: task.apply_async(kwargs={"deployment_id": deployment_id}, queue=queue))  # type: ignore[attr-defined]
+    transaction.on_commit(lambda: task.apply_async(kwargs={"deployment_id": deployment_id}, queue=queue))
 
 
 @transaction.atomic
@@ -175,7 +182,7 @@ def deploy_model(*, model_name: str, node_name: str | None = None, actor: str) -
         defaults={"desired": Deployment.Desired.LOADED, "state": Deployment.State.PENDING, "progress": 0, "error": "", "updated_at": now},
     )
     record_event(actor=actor, action="deployment.load_requested", target=f"deployment:{deployment.pk}", data={"model": model.name, "node": node.name})
-    _enqueue(tasks.load_model, deployment, node)
+    _enqueue("load_model", deployment, node)
     return deployment
 
 
@@ -193,7 +200,7 @@ def unload_model(*, model_name: str, actor: str) -> list[Deployment]:
             actor=actor, action="deployment.unload_requested", target=f"deployment:{deployment.pk}",
             data={"model": model.name, "node": deployment.node.name, "before": before},
         )
-        _enqueue(tasks.unload_model, deployment, deployment.node)
+        _enqueue("unload_model", deployment, deployment.node)
     return deployments
 
 
@@ -206,7 +213,7 @@ def reload_model(*, model_name: str, actor: str) -> list[Deployment]:
         raise NothingToReload(f"'{model.name}' is not loaded anywhere.", param="id")
     for deployment in deployments:
         record_event(actor=actor, action="deployment.reload_requested", target=f"deployment:{deployment.pk}", data={"model": model.name, "node": deployment.node.name})
-        _enqueue(tasks.reload_model, deployment, deployment.node)
+        _enqueue("reload_model", deployment, deployment.node)
     return deployments
 
 
@@ -300,7 +307,7 @@ def evict_idle_models() -> int:
                 actor="system", action="deployment.evicted", target=f"deployment:{locked.pk}",
                 data={"model": deployment.model.name, "node": deployment.node.name, "idle_since": idle_since.isoformat()},
             )
-            _enqueue(tasks.unload_model, locked, deployment.node)
+            _enqueue("unload_model", locked, deployment.node)
         evicted += 1
     return evicted
 
