@@ -48,7 +48,7 @@ urlpatterns = [
     path("v1/workers/<int:node_id>/drain", fleet.WorkerDrainView.as_view(), name="worker-drain"),
     path("v1/workers/<int:node_id>/undrain", fleet.WorkerUndrainView.as_view(), name="worker-undrain"),
     path("internal/nodes/register", fleet.NodeRegisterView.as_view(), name="node-register"),
-    path("internal/nodes/<int:node_id>/heartbeat", fleet.NodeHeartbeatView.as_view(), name="node-heartbeat"),
+    path("internal/nodes/<int:node_id>/heartbeat", fleet.node_heartbeat, name="node-heartbeat"),
     path("internal/nodes/<int:node_id>/deregister", fleet.NodeDeregisterView.as_view(), name="node-deregister"),
     path("v1/admin/", include("axserving.access.urls")),
     path("admin/", admin.site.urls),

@@ -2,7 +2,9 @@ import hmac
 
 import orjson
 from django.conf import settings
+from channels.db import database_sync_to_async
 from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -10,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from axserving.access.permissions import AdminAPIView, actor_of
-from axserving.errors import AuthenticationFailed
+from axserving.errors import ApiError, AuthenticationFailed, InvalidJson, InvalidRequest, invalid_from_detail
 
 from . import health as health_checks
 from . import selectors, services
@@ -23,14 +25,18 @@ async def health(request: HttpRequest) -> HttpResponse:
     return HttpResponse(orjson.dumps(report), status=status, content_type="application/json")
 
 
+def _check_node_token(request: HttpRequest) -> None:
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    token = settings.AXS_NODE_TOKEN
+    if scheme.lower() != "bearer" or not token or not hmac.compare_digest(secret.encode(), token.encode()):
+        raise AuthenticationFailed("The node token is required here.", code="invalid_node_token")
+
+
 class NodeToken(BasePermission):
     """The fleet's node token (never an API key): only nodes and gateways call these."""
 
     def has_permission(self, request: Request, view: APIView) -> bool:
-        scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
-        token = settings.AXS_NODE_TOKEN
-        if scheme.lower() != "bearer" or not token or not hmac.compare_digest(secret.encode(), token.encode()):
-            raise AuthenticationFailed("The node token is required here.", code="invalid_node_token")
+        _check_node_token(request)
         return True
 
 
@@ -111,20 +117,39 @@ class NodeRegisterView(APIView):
         return Response({"id": node.pk, "models": loads}, status=201)
 
 
-class NodeHeartbeatView(APIView):
-    authentication_classes: list[type] = []
-    permission_classes = [NodeToken]
+class HeartbeatInput(serializers.Serializer):
+    status = serializers.ChoiceField([Node.Status.STARTING, Node.Status.READY, Node.Status.DRAINING])
+    telemetry = serializers.DictField()
+    models = serializers.DictField(child=serializers.DictField(), required=False, default=dict)
 
-    class InputSerializer(serializers.Serializer):
-        status = serializers.ChoiceField([Node.Status.STARTING, Node.Status.READY, Node.Status.DRAINING])
-        telemetry = serializers.DictField()
-        models = serializers.DictField(child=serializers.DictField(), required=False, default=dict)
 
-    def post(self, request: Request, node_id: int) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        node = services.heartbeat_node(node_id=node_id, **data.validated_data)
-        return Response({"id": node.pk, "drain_requested": node.drain_requested})
+@csrf_exempt
+async def node_heartbeat(request: HttpRequest, node_id: int) -> HttpResponse:
+    """POST /internal/nodes/<id>/heartbeat (node token): liveness, load and model reports.
+
+    An async view, unlike the other node calls, because every node sends one every few seconds.
+    Under ASGI a sync view gets a thread of its own per request, and with it a new database
+    connection: that cost the gateway ~20 ms of CPU per heartbeat (docs/benchmarks.md). Here the
+    write runs on the loop's long-lived executor threads, which keep their connections (Channels'
+    wrapper drops one that failed or outlived CONN_MAX_AGE, as Django does between requests).
+    """
+    if request.method != "POST":
+        response = InvalidRequest(f"Use POST for {request.path}.", code="method_not_allowed").to_response()
+        response.status_code, response["Allow"] = 405, "POST"
+        return response
+    try:
+        _check_node_token(request)
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            raise InvalidJson() from None
+        data = HeartbeatInput(data=body)
+        if not data.is_valid():
+            raise invalid_from_detail(data.errors)
+        node = await database_sync_to_async(services.heartbeat_node, thread_sensitive=False)(node_id=node_id, **data.validated_data)
+    except ApiError as exc:
+        return exc.to_response()
+    return HttpResponse(orjson.dumps({"id": node.pk, "drain_requested": node.drain_requested}), content_type="application/json")
 
 
 class NodeDeregisterView(APIView):
