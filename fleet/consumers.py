@@ -13,6 +13,7 @@ class FleetDashboardConsumer(AsyncJsonWebsocketConsumer):
     """Send a snapshot on connect, then node, deployment and gateway events as they happen (channel layer)."""
 
     groups: list[str] = []
+    counted = False  # whether this socket is in events' count of open dashboards
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -23,10 +24,15 @@ class FleetDashboardConsumer(AsyncJsonWebsocketConsumer):
         ticker.ensure_running()
         await self.channel_layer.group_add(events.FLEET_GROUP, self.channel_name)
         await self.accept()
+        self.counted = True
+        await events.dashboard_opened()
         nodes, problem = await database_sync_to_async(status.safe_node_data)()
         await self.send_json({"type": "snapshot", "nodes": nodes, "problem": problem, "gateway": status.GATEWAY_ID})
 
     async def disconnect(self, code: int) -> None:
+        if self.counted:
+            self.counted = False
+            events.dashboard_closed()
         if self.channel_layer is not None:
             await self.channel_layer.group_discard(events.FLEET_GROUP, self.channel_name)
 

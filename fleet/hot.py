@@ -1,4 +1,4 @@
-"""Hot fleet state in Redis: node telemetry mirrors and ejections, shared by every gateway.
+"""Hot fleet state in Redis: node telemetry mirrors, ejections and open dashboards, shared by every gateway.
 
 Without Redis (all-in-one fallback only) the same calls use this process's memory.
 """
@@ -14,6 +14,7 @@ from django.conf import settings
 
 TELEMETRY = "axs:node:{}:telemetry"
 EJECTED = "axs:node:{}:ejected"
+DASHBOARD_OPEN = "axs:dashboard:open"
 
 _sync: redis.Redis | None = None
 _async: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}
@@ -79,3 +80,27 @@ async def aeject(name: str, *, seconds: float) -> None:
         _memory[EJECTED.format(name)] = (b"1", time.monotonic() + seconds)
         return
     await client.set(EJECTED.format(name), b"1", px=int(seconds * 1000))
+
+
+async def amark_dashboard_open(*, seconds: float) -> None:
+    """Say that a dashboard is open on this process, for `seconds` unless marked again."""
+    client = _async_client()
+    if client is not None:
+        await client.set(DASHBOARD_OPEN, b"1", px=int(seconds * 1000))
+
+
+async def adashboard_open() -> bool:
+    """Whether some process marked an open dashboard (False without Redis: then only this process counts)."""
+    client = _async_client()
+    return client is not None and bool(await client.exists(DASHBOARD_OPEN))
+
+
+def dashboard_open() -> bool:
+    """`adashboard_open` for a sync caller (a heartbeat written from a node process)."""
+    client = _sync_client()
+    if client is None:
+        return False
+    try:
+        return bool(client.exists(DASHBOARD_OPEN))
+    except redis.RedisError:
+        return True  # cannot tell: publish, as before this check existed

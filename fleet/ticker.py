@@ -1,7 +1,8 @@
 """Each gateway process pushes its request, token and TTFT figures to the dashboards once a second.
 
-One channel-layer message per process per second, whatever the traffic: the hot path only adds
-to in-memory counters (axserving.metrics.live), and this task ships them.
+One channel-layer message per process per second while a dashboard is open anywhere, whatever
+the traffic: the hot path only adds to in-memory counters (axserving.metrics.live), and this task
+ships them. It also keeps this process's open-dashboard mark fresh (fleet.events).
 """
 
 import asyncio
@@ -64,7 +65,9 @@ async def _run() -> None:
         await asyncio.sleep(INTERVAL)
         now = time.monotonic()
         try:
-            await events.apublish_gateway_stats(stats(now - last))
+            window = stats(now - last)  # taken even when unwatched: an opened dashboard sees the last second, not a backlog
+            if await events.amark_open():
+                await events.apublish_gateway_stats(window)
         except Exception:  # the ticker must outlive any one failure; the next tick retries
             logger.warning("Dashboard tick failed", exc_info=True)
         last = now

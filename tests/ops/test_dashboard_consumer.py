@@ -1,12 +1,16 @@
 """The dashboard socket: who may join, the snapshot, and events published by heartbeats and the ticker."""
 
+import asyncio
+import contextlib
+
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
 
 from axserving import metrics
-from fleet import consumers, events, services, ticker
+from fleet import consumers, events, hot, services, ticker
 
 from .conftest import register_stub
 
@@ -89,3 +93,34 @@ async def test_gateway_figures_reach_the_dashboard(staff, fresh_caches):
     assert stats["ttft_ms"] == [250.0]
     assert stats["gateway"]
     await ws.disconnect()
+
+
+async def heartbeat_events_seen(node, *, wait: float = 0.5) -> int:
+    """Heartbeat once and count the node events a listener on the dashboards' group receives."""
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(events.FLEET_GROUP, channel)
+    try:
+        await sync_to_async(services.heartbeat_node)(node_id=node.pk, status="ready", telemetry={"inflight": 1, "slots": 4})
+        seen = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                while True:
+                    seen += (await layer.receive(channel))["type"] == "node.status"
+        return seen
+    finally:
+        await layer.group_discard(events.FLEET_GROUP, channel)
+
+
+async def test_heartbeats_publish_only_while_a_dashboard_is_open_on_some_gateway(fresh_caches):
+    node = await sync_to_async(register_stub)("http://127.0.0.1:1")
+    await hot._async_client().delete(hot.DASHBOARD_OPEN)
+    events._Watch.checked = float("-inf")
+
+    unwatched = await heartbeat_events_seen(node)
+    await hot.amark_dashboard_open(seconds=5)  # what another gateway's ticker does while its dashboard is open
+    events._Watch.checked = float("-inf")  # this process would learn it within a second
+    watched = await heartbeat_events_seen(node)
+
+    assert (unwatched, watched) == (0, 1)
+    await hot._async_client().delete(hot.DASHBOARD_OPEN)
