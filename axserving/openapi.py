@@ -63,13 +63,15 @@ _ERROR_SCHEMA = {
 _INFERENCE_ERRORS = (400, 401, 403, 404, 413, 429, 503, 504)
 
 
+def _answer(description: str, schema: dict[str, Any], media_type: str = "application/json") -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": schema}}}
+
+
 def error_response(status: int) -> dict[str, Any]:
     """The OpenAPI response object of one error status: the envelope, with an example."""
     cls, when = _WHEN[status]
-    response: dict[str, Any] = {
-        "description": when,
-        "content": {"application/json": {"schema": {"$ref": REF.format(model=ERROR_COMPONENT)}, "example": cls(when).body()}},
-    }
+    response = _answer(when, {"$ref": REF.format(model=ERROR_COMPONENT)})
+    response["content"]["application/json"]["example"] = cls(when).body()
     if status in _HEADERS:
         response["headers"] = _HEADERS[status]
     return response
@@ -125,32 +127,34 @@ def _openai_operations(components: dict[str, Any]) -> dict[str, dict[str, Any]]:
     key = [{"ApiKey": []}]
     paths: dict[str, dict[str, Any]] = {}
     for path, (shape, summary, streams) in bodies.items():
-        answer: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
+        request = _component(shape, components)
+        answer = _answer("The OpenAI answer object.", {"type": "object"})
         if streams:
-            answer["text/event-stream"] = {"schema": {"type": "string", "description": "`data: {chunk}` events, then `data: [DONE]`."}}
+            answer["description"] = "The OpenAI answer object, or with `stream: true` Server-Sent Events."
+            events = {"type": "string", "description": "`data: {chunk}` events, then `data: [DONE]`."}
+            answer["content"]["text/event-stream"] = {"schema": events}
         paths[path] = {
             "post": {
                 "operationId": path.removeprefix("/v1/").replace("/", "_") + "_create",
                 "summary": summary,
-                "description": "Fields not described here follow the OpenAI API reference. Needs a key with the `inference` scope.",
+                "description": "Needs a key with the `inference` scope. Other fields follow the OpenAI API reference.",
                 "tags": ["openai"],
                 "security": key,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _component(shape, components)}}},
-                "responses": {
-                    "200": {
-                        "description": "The OpenAI answer object"
-                        + (" (or, with `stream: true`, Server-Sent Events ending with `[DONE]`)." if streams else "."),
-                        "content": answer,
-                    },
-                    **{str(status): error_response(status) for status in _INFERENCE_ERRORS},
-                },
+                "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
+                "responses": {"200": answer, **{str(status): error_response(status) for status in _INFERENCE_ERRORS}},
             }
         }
     model_param = {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
-    listing = {"description": "Models the key may use, with readiness.", "content": {"application/json": {"schema": _component(schemas.ModelList, components)}}}
-    one = {"description": "One model (an id or an alias), with readiness.", "content": {"application/json": {"schema": _component(schemas.ModelObject, components)}}}
+    listing = _answer("Models the key may use, with readiness.", _component(schemas.ModelList, components))
+    one = _answer("One model (an id or an alias), with readiness.", _component(schemas.ModelObject, components))
     paths["/v1/models"] = {
-        "get": {"operationId": "models_list", "summary": "List models.", "tags": ["openai"], "security": key, "responses": {"200": listing}}
+        "get": {
+            "operationId": "models_list",
+            "summary": "List models.",
+            "tags": ["openai"],
+            "security": key,
+            "responses": {"200": listing},
+        }
     }
     paths["/v1/models/{model_id}"] = {
         "get": {
@@ -175,7 +179,7 @@ def _operations_paths() -> dict[str, dict[str, Any]]:
             "checks": {"type": "object", "additionalProperties": {"type": "string"}},
             "reasons": {"type": "array", "items": {"type": "string"}},
             "inflight": {"type": "integer"},
-            "queued": {"type": "object", "additionalProperties": {"type": "integer"}, "description": "Waiting requests by model."},
+            "queued": {"type": "object", "additionalProperties": {"type": "integer"}, "description": "By model."},
         },
     }
     return {
@@ -185,10 +189,7 @@ def _operations_paths() -> dict[str, dict[str, Any]]:
                 "summary": "Liveness and servability of this gateway process (no key).",
                 "tags": ["operations"],
                 "security": [],
-                "responses": {
-                    "200": {"description": "`ok` or `degraded`.", "content": {"application/json": {"schema": health}}},
-                    "503": {"description": "`unavailable`.", "content": {"application/json": {"schema": health}}},
-                },
+                "responses": {"200": _answer("`ok` or `degraded`.", health), "503": _answer("`unavailable`.", health)},
             }
         },
         "/metrics": {
@@ -197,7 +198,7 @@ def _operations_paths() -> dict[str, dict[str, Any]]:
                 "summary": "Prometheus text; a `metrics` or `admin` key only when AXS_METRICS_REQUIRE_KEY is set.",
                 "tags": ["operations"],
                 "security": [{}, {"ApiKey": []}],
-                "responses": {"200": {"description": "Prometheus exposition format.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                "responses": {"200": _answer("Prometheus exposition format.", {"type": "string"}, "text/plain")},
             }
         },
     }
@@ -238,8 +239,10 @@ def add_error_responses(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]
             for status in statuses:
                 responses.setdefault(str(status), error_response(status))
             for status, response in responses.items():
-                if int(status) >= 400 and "content" not in response:
-                    response.update({**error_response(int(status)), "description": response.get("description") or _WHEN[int(status)][1]})
+                if int(status) >= 400 and "content" not in response:  # a view's own (409), maybe with a description
+                    described = response.get("description")
+                    response.update(error_response(int(status)))
+                    response["description"] = described or response["description"]
     return result
 
 
