@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files for /v1/docs, served by the gateway (no CDN offline)
     "django_prometheus",
     "channels",
     "django_filters",
@@ -134,7 +135,33 @@ REST_FRAMEWORK = {
     # `?format=` selects the audit export (csv, jsonl), not a DRF renderer.
     "URL_FORMAT_OVERRIDE": None,
 }
-SPECTACULAR_SETTINGS = {"TITLE": "axserving", "VERSION": "0.1.0"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "axserving",
+    "VERSION": "0.1.0",
+    "DESCRIPTION": (
+        "An offline, OpenAI-compatible gateway and its control API. Send an API key as "
+        "`Authorization: Bearer <key>`: the `inference` scope for the OpenAI routes, `admin` for the "
+        "control API. Every error body is the OpenAI envelope `{\"error\": {message, type, param, code}}`. "
+        "Not shown here (OpenAPI describes HTTP only): the WebSocket route `/v1/realtime/completions`."
+    ),
+    # The OpenAI request shapes are pydantic models, whose JSON Schema is OpenAPI 3.1's dialect.
+    "OAS_VERSION": "3.1.0",
+    "SCHEMA_PATH_PREFIX": r"/v1",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "PREPROCESSING_HOOKS": ["axserving.openapi.add_shared_path_views"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "axserving.openapi.add_non_drf_paths",
+        "axserving.openapi.add_error_responses",
+    ],
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {
+            "NodeToken": {"type": "http", "scheme": "bearer", "description": "The fleet's node token (AXS_NODE_TOKEN), never an API key."}
+        }
+    },
+}
 
 # Node <-> gateway shared secret. Required for a fleet; the all-in-one generates one per run.
 AXS_NODE_TOKEN = env("AXS_NODE_TOKEN", default="")

@@ -7,6 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.views.decorators.csrf import csrf_exempt
 
+from axserving import openapi
 from fleet import operations
 from fleet import views as fleet
 from fleet.views import health
@@ -23,6 +24,7 @@ def by_method(default: Callable[..., Any], **handlers: Callable[..., Any]) -> Ca
             return await handler(request, *args, **kwargs)
         return await sync_to_async(handler)(request, *args, **kwargs)
 
+    view.handlers = handlers  # type: ignore[attr-defined]  (read by axserving.openapi for the schema)
     return csrf_exempt(view)
 
 
@@ -31,6 +33,8 @@ urlpatterns = [
     path("metrics", operations.prometheus_metrics, name="prometheus-django-metrics"),
     path("dashboard", operations.dashboard, name="dashboard"),
     path("v1/metrics", operations.MetricsView.as_view(), name="metrics-json"),
+    path("v1/openapi.json", openapi.SchemaView.as_view(), name="openapi-schema"),
+    path("v1/docs", openapi.DocsView.as_view(), name="openapi-docs"),
     path("v1/admin/status", operations.AdminStatusView.as_view(), name="admin-status"),
     path("v1/admin/diagnostics", operations.AdminDiagnosticsView.as_view(), name="admin-diagnostics"),
     path("v1/admin/startup-report", operations.AdminStartupReportView.as_view(), name="admin-startup-report"),

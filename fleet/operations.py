@@ -8,6 +8,8 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django_prometheus.exports import ExportToDjangoView
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -51,6 +53,7 @@ class MetricsView(APIView):
 
     permission_classes = [MetricsScope]
 
+    @extend_schema(operation_id="metrics_retrieve", responses=OpenApiTypes.OBJECT)
     def get(self, request: Request) -> Response:
         nodes, problem = status.safe_node_data()
         return Response(
@@ -72,7 +75,7 @@ def _node_figures(node: status.NodeData) -> dict[str, Any]:
 class AdminStatusView(AdminAPIView):
     """Health, this gateway's figures, nodes and models in one answer."""
 
-
+    @extend_schema(operation_id="admin_status_retrieve", responses=OpenApiTypes.OBJECT)
     def get(self, request: Request) -> Response:
         nodes, problem = status.safe_node_data()
         snapshot = metrics.snapshot()
@@ -98,7 +101,7 @@ class AdminStatusView(AdminAPIView):
 class AdminDiagnosticsView(AdminAPIView):
     """Versions, configuration (secrets redacted), dependency checks and loaded models."""
 
-
+    @extend_schema(operation_id="admin_diagnostics_retrieve", responses=OpenApiTypes.OBJECT)
     def get(self, request: Request) -> Response:
         return Response(status.get_diagnostics())
 
@@ -106,7 +109,7 @@ class AdminDiagnosticsView(AdminAPIView):
 class AdminStartupReportView(AdminAPIView):
     """How this process started: storage chosen, fallbacks, deploy checks, warnings."""
 
-
+    @extend_schema(operation_id="admin_startup_report_retrieve", responses=OpenApiTypes.OBJECT)
     def get(self, request: Request) -> Response:
         return Response(status.get_startup_report())
 

@@ -5,6 +5,7 @@ from django.conf import settings
 from channels.db import database_sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -65,8 +66,16 @@ class WorkerOutputSerializer(serializers.Serializer):
         return int(node.telemetry.get("free_memory_bytes", 0))
 
 
+# The node endpoints authenticate with the node token (NodeToken above), not an API key.
+NODE_AUTH = [{"NodeToken": []}]
+
+
 class WorkerListView(AdminAPIView):
 
+    @extend_schema(
+        operation_id="workers_list",
+        responses=inline_serializer("WorkerList", {"object": serializers.CharField(), "data": WorkerOutputSerializer(many=True)}),
+    )
     def get(self, request: Request) -> Response:
         nodes = selectors.list_nodes()
         return Response({"object": "list", "data": WorkerOutputSerializer(nodes, many=True).data})
@@ -74,9 +83,18 @@ class WorkerListView(AdminAPIView):
 
 class WorkerDetailView(AdminAPIView):
 
+    @extend_schema(operation_id="workers_retrieve", responses=WorkerOutputSerializer)
     def get(self, request: Request, node_id: int) -> Response:
         return Response(WorkerOutputSerializer(selectors.get_node(node_id=node_id)).data)
 
+    @extend_schema(
+        operation_id="workers_destroy",
+        parameters=[OpenApiParameter("force", bool, description="deregister even while the node is busy")],
+        responses={
+            200: inline_serializer("WorkerDeleted", {"id": serializers.IntegerField(), "deleted": serializers.BooleanField()}),
+            409: OpenApiResponse(description="The node is busy (requests in flight or models loaded); `?force=true` overrides."),
+        },
+    )
     def delete(self, request: Request, node_id: int) -> Response:
         force = request.query_params.get("force", "").lower() in {"1", "true", "yes"}
         services.remove_node(node_id=node_id, actor=actor_of(request), force=force)
@@ -85,6 +103,7 @@ class WorkerDetailView(AdminAPIView):
 
 class WorkerDrainView(AdminAPIView):
 
+    @extend_schema(operation_id="workers_drain", request=None, responses=WorkerOutputSerializer)
     def post(self, request: Request, node_id: int) -> Response:
         services.drain_node(node_id=node_id, actor=actor_of(request))
         return Response(WorkerOutputSerializer(selectors.get_node(node_id=node_id)).data)
@@ -92,6 +111,7 @@ class WorkerDrainView(AdminAPIView):
 
 class WorkerUndrainView(AdminAPIView):
 
+    @extend_schema(operation_id="workers_undrain", request=None, responses=WorkerOutputSerializer)
     def post(self, request: Request, node_id: int) -> Response:
         services.undrain_node(node_id=node_id, actor=actor_of(request))
         return Response(WorkerOutputSerializer(selectors.get_node(node_id=node_id)).data)
@@ -101,12 +121,23 @@ class NodeRegisterView(APIView):
     authentication_classes: list[type] = []
     permission_classes = [NodeToken]
 
+    @extend_schema_serializer(component_name="NodeRegisterInput")
     class InputSerializer(serializers.Serializer):
         name = serializers.RegexField(r"^[A-Za-z0-9._-]{1,100}$")
         address = serializers.URLField()
         models = serializers.ListField(child=serializers.CharField(max_length=200), allow_empty=True)
         slots = serializers.IntegerField(min_value=1, default=1)
 
+    @extend_schema(
+        operation_id="nodes_register",
+        auth=NODE_AUTH,  # type: ignore[arg-type]  (security requirement objects, as drf-spectacular's get_auth returns)
+        request=InputSerializer,
+        responses={
+            201: inline_serializer(
+                "NodeRegistered", {"id": serializers.IntegerField(), "models": serializers.ListField(child=serializers.DictField())}
+            )
+        },
+    )
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -156,6 +187,12 @@ class NodeDeregisterView(APIView):
     authentication_classes: list[type] = []
     permission_classes = [NodeToken]
 
+    @extend_schema(
+        operation_id="nodes_deregister",
+        auth=NODE_AUTH,  # type: ignore[arg-type]
+        request=None,
+        responses=inline_serializer("NodeDeregistered", {"id": serializers.IntegerField(), "status": serializers.CharField()}),
+    )
     def post(self, request: Request, node_id: int) -> Response:
         services.deregister_node(node_id=node_id)
         return Response({"id": node_id, "status": Node.Status.OFFLINE})

@@ -1,4 +1,4 @@
-"""Request shapes of the OpenAI endpoints, as pydantic models.
+"""Request shapes of the OpenAI endpoints, as pydantic models (and the model listing's answer, as TypedDicts).
 
 They check shape, types and ranges only, in tens of microseconds (the hot path's budget is a
 few milliseconds in all), and their JSON schema feeds the OpenAPI document.
@@ -7,10 +7,19 @@ few milliseconds in all), and their JSON schema feeds the OpenAPI document.
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from typing_extensions import TypedDict  # pydantic reads typing.TypedDict only from Python 3.12
 
 from axserving.errors import InvalidRequest
 
 MAX_STOP = 4
+
+# What the `mode="before"` validators accept, for the JSON schema (the OpenAPI document).
+Inputs = str | list[str] | list[Annotated[int, Field(ge=0)]] | list[list[Annotated[int, Field(ge=0)]]]
+
+
+class TextPart(TypedDict):
+    type: Literal["text"]
+    text: str
 
 
 class _Request(BaseModel):
@@ -55,13 +64,19 @@ class ResponseFormat(_Request):
         return value
 
 
+def _content_required(schema: dict[str, Any]) -> None:
+    schema["required"].append("content")  # its validator refuses a missing one (with a clearer message than pydantic's)
+
+
 class Message(_Request):
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_content_required)
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Any = Field(default=None, validate_default=True)
     name: Annotated[str, Field(max_length=256)] | None = None
     tool_call_id: str | None = None
 
-    @field_validator("content", mode="before")
+    @field_validator("content", mode="before", json_schema_input_type=str | list[TextPart])
     @classmethod
     def _text(cls, value: Any) -> str:
         """A string, or text parts joined into one (images are not supported)."""
@@ -113,7 +128,7 @@ class Sampling(_Request):
             raise ValueError("Keys must be token ids (strings of digits).")
         return value
 
-    @field_validator("stop", mode="before")
+    @field_validator("stop", mode="before", json_schema_input_type=str | list[str] | None)
     @classmethod
     def _stop_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -148,7 +163,7 @@ class CompletionRequest(Sampling):
     echo: bool = False
     suffix: str | None = None
 
-    @field_validator("prompt", mode="before")
+    @field_validator("prompt", mode="before", json_schema_input_type=Inputs)
     @classmethod
     def _prompt(cls, value: Any) -> list[str | list[int]]:
         return _inputs(value, 64)
@@ -161,7 +176,7 @@ class EmbeddingRequest(_Request):
     dimensions: Annotated[int, Field(ge=1)] | None = None
     user: Annotated[str, Field(max_length=256)] | None = None
 
-    @field_validator("input", mode="before")
+    @field_validator("input", mode="before", json_schema_input_type=Inputs)
     @classmethod
     def _input(cls, value: Any) -> list[str | list[int]]:
         return _inputs(value, 2048)
@@ -176,6 +191,24 @@ class TokenizeRequest(_Request):
 class DetokenizeRequest(_Request):
     model: Annotated[str, Field(max_length=200)]
     tokens: list[Annotated[int, Field(ge=0)]]
+
+
+class ModelObject(TypedDict):
+    """One entry of `GET /v1/models` (and the answer of `GET /v1/models/{id}`)."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    aliases: list[str]
+    ready: bool
+    context_length: int
+    nodes: list[str]
+
+
+class ModelList(TypedDict):
+    object: Literal["list"]
+    data: list[ModelObject]
 
 
 def _param(loc: tuple[Any, ...]) -> str | None:

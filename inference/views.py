@@ -91,7 +91,7 @@ async def detokenize(request: HttpRequest) -> HttpResponse:
     return await services.agoverned_forward(request, "detokenize", payload, stream=False)
 
 
-def _model_json(view: ModelView) -> dict[str, Any]:
+def _model_json(view: ModelView) -> schemas.ModelObject:
     return {
         "id": view.name,
         "object": "model",

@@ -118,7 +118,7 @@ class KeyDetailView(AdminAPIView):
         services.update_api_key(key_id=key_id, actor=actor_of(request), changes=dict(data.validated_data), request_id=self.request_id())
         return Response(self.OutputSerializer(self._key(key_id)).data)
 
-    @extend_schema(operation_id="admin_keys_revoke", responses=KeyOutput)
+    @extend_schema(operation_id="admin_keys_revoke", responses={200: KeyOutput})
     def delete(self, request: Request, key_id: int) -> Response:
         services.revoke_api_key(key_id=key_id, actor=actor_of(request), request_id=self.request_id())
         return Response(self.OutputSerializer(self._key(key_id)).data)
