@@ -8,7 +8,7 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from fleet.errors import NodeNotFound
 from fleet.models import Node
-from models_registry import services
+from models_registry import services, tasks
 from models_registry.errors import InvalidModelPath, LoadInProgress, ModelAlreadyLoaded, NoNodeFits
 from models_registry.gguf_info import estimate_memory
 from models_registry.models import Deployment, ModelFile, RegisteredModel
@@ -79,7 +79,7 @@ def test_a_second_id_can_share_the_file_with_other_settings(bundled):
 def test_deploy_on_a_named_node_enqueues_the_load_on_that_nodes_queue(bundled, django_capture_on_commit_callbacks, monkeypatch):
     make_node("gpu-01")
     sent = []
-    monkeypatch.setattr(services.tasks.load_model, "apply_async", lambda **kw: sent.append(kw))
+    monkeypatch.setattr(tasks.load_model, "apply_async", lambda **kw: sent.append(kw))
 
     with django_capture_on_commit_callbacks(execute=True):
         deployment = services.deploy_model(model_name="smollm2", node_name="gpu-01", actor="alice")
