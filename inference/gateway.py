@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from http import HTTPStatus
 import signal
 import time
 from typing import Any
@@ -33,6 +34,14 @@ def _skip_form_parsing() -> None:
     http_protocol.WebRequest = WebRequest  # HTTPFactory.buildProtocol reads the module's name per connection
 
 
+def _reason_phrases() -> None:
+    """Give Twisted the reason phrases it lacks (429, 422, 451...): its status line says "Unknown Status" for them."""
+    from twisted.web import http as twisted_http
+
+    for status in HTTPStatus:
+        twisted_http.RESPONSES.setdefault(status.value, status.phrase.encode("ascii"))
+
+
 def run_gateway(*, host: str, port: int) -> None:
     """Serve axserving.asgi on host:port until SIGINT/SIGTERM, then drain (bounded) and return."""
     from daphne.endpoints import build_endpoint_description_strings
@@ -42,6 +51,7 @@ def run_gateway(*, host: str, port: int) -> None:
     from axserving.asgi import application
 
     _skip_form_parsing()
+    _reason_phrases()
     server = Server(
         application=application,
         endpoints=build_endpoint_description_strings(host=host, port=port),

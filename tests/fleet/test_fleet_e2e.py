@@ -132,6 +132,7 @@ def test_admission_outcomes_429_504_and_503(fleet):
     # then the extra one is refused at once and the waiting one times out
     assert full.status_code == 429, (full.text, waiter, {k: v for k, v in results.items() if k != "first_bytes"})
     assert full.json()["error"]["type"] == "rate_limit_error"
+    assert full.reason_phrase == "Too Many Requests"  # Twisted alone would say "Unknown Status"
     assert int(full.headers["Retry-After"]) >= 1
     assert waiter["r"].status_code == 504
     assert waiter["r"].json()["error"]["type"] == "timeout_error"
