@@ -106,6 +106,7 @@ return 1
 """
 
 SCOPES = ("key", "project")
+_POOL_WAIT = 5.0  # seconds a request waits for a free quota connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +139,18 @@ def _client() -> tuple[aioredis.Redis, object, object] | None:
     loop = asyncio.get_running_loop()
     entry = _State.clients.get(id(loop))
     if entry is None or entry[0].connection_pool is None:
-        client = aioredis.from_url(
-            settings.REDIS_URL, socket_timeout=settings.AXS_QUOTA_REDIS_TIMEOUT, socket_connect_timeout=settings.AXS_QUOTA_REDIS_TIMEOUT
+        # A bounded pool: each script takes well under a millisecond, so a few connections serve any
+        # concurrency, where an unbounded pool grew to one connection (and its buffers) per request in
+        # flight. Waiting for a free one is not Redis failing: under a saturated loop it can take a
+        # while, so that wait has its own, longer limit.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=settings.AXS_QUOTA_REDIS_CONNECTIONS,
+            timeout=_POOL_WAIT,
+            socket_timeout=settings.AXS_QUOTA_REDIS_TIMEOUT,
+            socket_connect_timeout=settings.AXS_QUOTA_REDIS_TIMEOUT,
         )
+        client = aioredis.Redis(connection_pool=pool)
         entry = (client, client.register_script(_ADMIT), client.register_script(_SETTLE))
         _State.clients = {k: v for k, v in _State.clients.items() if k == id(loop)}  # old test loops are gone
         _State.clients[id(loop)] = entry
