@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 from tqdm import tqdm
 
+from bench import decode
 from bench.common import DOC, ROOT, append_report, bundled_model, command_line, free_port, machine, percentile, revision
 
 OURS, BASELINE, REFERENCE = "axserving node", "llama_cpp.server", "llama-server"
@@ -270,6 +271,20 @@ def check_targets(levels: list[int], names: list[str], results: dict[tuple[str, 
     return missed
 
 
+def ceiling_table(levels: list[int], results: dict[tuple[str, int], Summary], rates: dict[int, float]) -> str:
+    """How close each server's tok/s comes to what llama_decode alone allows, and where 2.5x llama_cpp.server would be."""
+    lines = [
+        "| c | llama_decode alone (tok/s) | axserving node | llama_cpp.server | 2.5x llama_cpp.server |",
+        "|---|---|---|---|---|",
+    ]
+    for c in levels:
+        rate, base = rates[c], results[(BASELINE, c)].tok_s
+        lines.append(
+            f"| {c} | {rate:.1f} | {100 * results[(OURS, c)].tok_s / rate:.0f}% | {100 * base / rate:.0f}% | {250 * base / rate:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
 def reference_note(args: argparse.Namespace, levels: list[int]) -> str:
     binary = llama_server(args)
     if binary is None:
@@ -321,7 +336,14 @@ def run(args: argparse.Namespace, *, argv: list[str]) -> int:
                     outcome = asyncio.run(load_round(server, c, args.requests_per_client, progress))
                     results.setdefault((server.name, c), []).append(outcome)
     summaries = {key: summarize(rounds) for key, rounds in results.items()}
-    body = table(levels, names, summaries)
+    print("==> Timing llama_decode alone at each concurrency (the servers are stopped)")
+    rates = decode.ceiling(model, threads=args.threads, n_ctx=args.n_ctx, levels=levels)
+    body = (
+        table(levels, names, summaries)
+        + "\n\nThe decode ceiling (`bench/decode.py`: one `llama_decode` step per token for every sequence, the engine's context"
+        " settings, no HTTP, sampling or prefill), and each server's share of it:\n\n"
+        + ceiling_table(levels, summaries, rates)
+    )
     missed = check_targets(levels, names, summaries)
     print()
     print(body)
