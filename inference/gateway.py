@@ -34,6 +34,27 @@ def _skip_form_parsing() -> None:
     http_protocol.WebRequest = WebRequest  # HTTPFactory.buildProtocol reads the module's name per connection
 
 
+def _no_twisted_access_log() -> None:
+    """Stop Twisted from formatting an access-log line per request into its legacy log, which nothing reads.
+
+    Daphne's HTTP factory inherits Twisted's: with no log path, Twisted still builds a combined-log
+    line per request (header lookups, escaping, a date) and emits it as a log event. Daphne's own
+    access log (its verbosity) and our request metrics are what operators read.
+    """
+    from daphne import http_protocol, server
+
+    if getattr(server.HTTPFactory, "skips_access_log", False):
+        return
+
+    class HTTPFactory(http_protocol.HTTPFactory):  # type: ignore[misc,name-defined]
+        skips_access_log = True
+
+        def log(self, request: Any) -> None:
+            pass
+
+    server.HTTPFactory = HTTPFactory  # Server.run builds its factory from this module's name
+
+
 def _reason_phrases() -> None:
     """Give Twisted the reason phrases it lacks (429, 422, 451...): its status line says "Unknown Status" for them."""
     from twisted.web import http as twisted_http
@@ -51,6 +72,7 @@ def run_gateway(*, host: str, port: int) -> None:
     from axserving.asgi import application
 
     _skip_form_parsing()
+    _no_twisted_access_log()
     _reason_phrases()
     server = Server(
         application=application,
