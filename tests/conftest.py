@@ -156,3 +156,18 @@ def _forget_buffered_logs():
 
     for writer in buffer._writers:
         writer._items.clear()
+
+
+@pytest.fixture(scope="session")
+def _close_worker_thread_connections(django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
+    """The gateway reads and writes from executor threads (the routing table, heartbeats) whose connections
+    outlive each test's event loop; end them so the test database can be dropped."""
+    yield
+    from django.db import connection
+
+    if not connection.settings_dict["NAME"].startswith("test_"):
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )

@@ -91,17 +91,3 @@ def register_stub(address: str, *, name: str = "stub", model: str = "stubmodel",
 def make_key(*scopes: str, name: str = "ops-test") -> str:
     return create_api_key(name=name, scopes=list(scopes) or ["inference"])[1]
 
-
-@pytest.fixture(scope="session")
-def _close_worker_thread_connections(django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
-    """The gateway reads the registry from executor threads whose connections outlive each test's
-    event loop; end them so the test database can be dropped."""
-    yield
-    from django.db import connection
-
-    if not connection.settings_dict["NAME"].startswith("test_"):
-        return
-    with django_db_blocker.unblock(), connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
