@@ -1,3 +1,11 @@
+"""Model registry and deployment lifecycle (DB, audit, lifecycle tasks).
+
+Lock order: a heartbeat (fleet.services.heartbeat_node) locks its node row, then writes that
+node's deployment rows. So the lifecycle here locks deployment rows only
+(`select_for_update(of=("self",))`, even when it reads the joined node): locking the joined node
+row too, in the other order, deadlocked an unload against a heartbeat.
+"""
+
 import hashlib
 import logging
 from datetime import timedelta
@@ -190,7 +198,7 @@ def deploy_model(*, model_name: str, node_name: str | None = None, actor: str) -
 def unload_model(*, model_name: str, actor: str) -> list[Deployment]:
     """Want `model` unloaded everywhere: UNLOADING rows (routing stops), audit, unload task per node."""
     model = get_model(name=model_name)
-    deployments = list(Deployment.objects.select_for_update().filter(model=model, state__in=ACTIVE).select_related("node"))
+    deployments = list(Deployment.objects.select_for_update(of=("self",)).filter(model=model, state__in=ACTIVE).select_related("node"))
     now = timezone.now()
     for deployment in deployments:
         before = deployment.state
@@ -223,7 +231,7 @@ def reload_model(*, model_name: str, actor: str) -> list[Deployment]:
 @transaction.atomic
 def start_loading(*, deployment_id: int) -> Deployment | None:
     """Mark LOADING unless the load is no longer wanted or already done (then None: nothing to do)."""
-    deployment = Deployment.objects.select_for_update().select_related("model__file", "node").filter(pk=deployment_id).first()
+    deployment = Deployment.objects.select_for_update(of=("self",)).select_related("model__file", "node").filter(pk=deployment_id).first()
     if deployment is None or deployment.desired != Deployment.Desired.LOADED or deployment.state == Deployment.State.READY:
         return None
     deployment.state, deployment.progress, deployment.error, deployment.updated_at = Deployment.State.LOADING, 0, "", timezone.now()
@@ -239,7 +247,7 @@ def report_progress(*, deployment_id: int, progress: int) -> None:
 @transaction.atomic
 def finish_loading(*, deployment_id: int, error: str = "") -> Deployment:
     """READY (routable) or FAILED with the reason (DB, audit)."""
-    deployment = Deployment.objects.select_for_update().select_related("model", "node").get(pk=deployment_id)
+    deployment = Deployment.objects.select_for_update(of=("self",)).select_related("model", "node").get(pk=deployment_id)
     now = timezone.now()
     if error:
         deployment.state, deployment.error = Deployment.State.FAILED, error[:2000]
@@ -260,7 +268,7 @@ def finish_loading(*, deployment_id: int, error: str = "") -> Deployment:
 @transaction.atomic
 def finish_reloading(*, deployment_id: int, error: str = "") -> None:
     """Audit a reload; a failed one leaves the old instance serving and the state READY (DB, audit)."""
-    deployment = Deployment.objects.select_for_update().select_related("model", "node").get(pk=deployment_id)
+    deployment = Deployment.objects.select_for_update(of=("self",)).select_related("model", "node").get(pk=deployment_id)
     now = timezone.now()
     deployment.error, deployment.updated_at = error[:2000], now
     if not error:
@@ -277,7 +285,7 @@ def finish_reloading(*, deployment_id: int, error: str = "") -> None:
 @transaction.atomic
 def finish_unloading(*, deployment_id: int) -> None:
     """UNLOADED (DB, audit)."""
-    deployment = Deployment.objects.select_for_update().select_related("model", "node").get(pk=deployment_id)
+    deployment = Deployment.objects.select_for_update(of=("self",)).select_related("model", "node").get(pk=deployment_id)
     deployment.state, deployment.progress, deployment.updated_at = Deployment.State.UNLOADED, 0, timezone.now()
     deployment.save(update_fields=["state", "progress", "updated_at"])
     record_event(actor=f"node:{deployment.node.name}", action="deployment.unloaded", target=f"deployment:{deployment.pk}", data={"model": deployment.model.name})
