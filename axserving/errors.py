@@ -78,6 +78,14 @@ class NotFound(ApiError):
     message = "Not found."
 
 
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, allowed: str, path: str) -> None:
+        super().__init__(f"Use {allowed} for {path}.", headers={"Allow": allowed})
+
+
 class Conflict(ApiError):
     status = 409
     type = "conflict_error"

@@ -1,8 +1,8 @@
 import hmac
 
 import orjson
-from django.conf import settings
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer, inline_serializer
@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from axserving.access.permissions import AdminAPIView, actor_of
-from axserving.errors import ApiError, AuthenticationFailed, InvalidJson, InvalidRequest, invalid_from_detail
+from axserving.errors import ApiError, AuthenticationFailed, InvalidJson, MethodNotAllowed, invalid_from_detail
 
 from . import health as health_checks
 from . import selectors, services
@@ -164,11 +164,9 @@ async def node_heartbeat(request: HttpRequest, node_id: int) -> HttpResponse:
     write runs on the loop's long-lived executor threads, which keep their connections (Channels'
     wrapper drops one that failed or outlived CONN_MAX_AGE, as Django does between requests).
     """
-    if request.method != "POST":
-        response = InvalidRequest(f"Use POST for {request.path}.", code="method_not_allowed").to_response()
-        response.status_code, response["Allow"] = 405, "POST"
-        return response
     try:
+        if request.method != "POST":
+            raise MethodNotAllowed("POST", request.path)
         _check_node_token(request)
         try:
             body = orjson.loads(request.body)

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from axserving.access import gate, quotas
 from axserving.access.selectors import KeyInfo
-from axserving.errors import ApiError, InvalidJson, InvalidRequest
+from axserving.errors import ApiError, InvalidJson, MethodNotAllowed
 from fleet import dispatch
 from fleet.selectors import ModelView
 
@@ -30,7 +30,7 @@ def openai_endpoint(method: str) -> Callable[[View], View]:
             key: KeyInfo | None = None
             try:
                 if request.method != method:
-                    raise InvalidRequest(f"Use {method} for {request.path}.", code="method_not_allowed")
+                    raise MethodNotAllowed(method, request.path)
                 if method == "GET":
                     # POSTs learn of revocations inside their quota round trip; listings ask Redis directly.
                     await quotas.arefresh_if_changed()
@@ -39,11 +39,7 @@ def openai_endpoint(method: str) -> Callable[[View], View]:
                 return await view(request, *args, **kwargs)
             except ApiError as exc:
                 gate.audit_rejection(request=request, error=exc, key=getattr(request, "api_key", key))
-                response = exc.to_response()
-                if exc.code == "method_not_allowed":
-                    response.status_code = 405
-                    response["Allow"] = method
-                return response
+                return exc.to_response()
 
         return wrapper
 
