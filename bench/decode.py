@@ -1,7 +1,7 @@
 """The raw decode ceiling for `bench node`: llama_decode alone, one token per sequence, no HTTP or sampling.
 
-A context set up as the node's engine sets up its own (one KV stream per sequence, flash
-attention, the same threads), then the median time of one decode step at each concurrency.
+The node's engine context (`inference.node.engine.context_params`: one KV stream per sequence,
+flash attention, the same threads), then the median time of one decode step at each concurrency.
 Generated tokens per second can never beat `concurrency / step time` on this machine, whatever
 server runs the model, so the ceiling tells which targets the CPU allows.
 """
@@ -18,16 +18,12 @@ def ceiling(model_path: str, *, threads: int, n_ctx: int, levels: list[int]) -> 
     import llama_cpp
     from llama_cpp import _internals as internals
 
+    from inference.node.engine import context_params
+
     slots = max(levels)
     llama_cpp.llama_backend_init()
     model = internals.LlamaModel(path_model=model_path, params=llama_cpp.llama_model_default_params(), verbose=False)
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx = -(-n_ctx // 256) * 256 * slots
-    params.n_seq_max = slots
-    params.n_batch = params.n_ubatch = max(16, slots)  # the engine's prefill chunk, or one token per slot
-    params.n_threads = params.n_threads_batch = threads
-    params.kv_unified = False
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    params = context_params(slots=slots, n_ctx=n_ctx, n_threads=threads)
     ctx = internals.LlamaContext(model=model, params=params, verbose=False)
     memory = llama_cpp.llama_get_memory(ctx.ctx)
     batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)

@@ -359,6 +359,19 @@ class PromptCache:
         return self._entries[prompt]
 
 
+def context_params(*, slots: int, n_ctx: int, n_threads: int) -> llama_cpp.llama_context_params:
+    """The engine's llama.cpp context: one KV stream of n_ctx cells per slot, flash attention, a prefill chunk per batch."""
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = -(-n_ctx // 256) * 256 * slots  # llama.cpp pads each stream to 256 cells
+    params.n_seq_max = slots
+    params.n_batch = params.n_ubatch = max(PREFILL_CHUNK, slots)
+    params.n_threads = params.n_threads_batch = n_threads
+    params.kv_unified = False
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    params.no_perf = True
+    return params
+
+
 class Engine:
     """The continuous-batching loop over one context with `slots` KV streams; runs on its own thread."""
 
@@ -366,15 +379,7 @@ class Engine:
         self.generator = generator
         self.name = name
         self.queue_depth = queue_depth
-        n_ctx_seq = -(-n_ctx // 256) * 256  # llama.cpp pads each stream to 256 cells
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx_seq * slots
-        params.n_seq_max = slots
-        params.n_batch = params.n_ubatch = max(PREFILL_CHUNK, slots)
-        params.n_threads = params.n_threads_batch = n_threads
-        params.kv_unified = False
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        params.no_perf = True
+        params = context_params(slots=slots, n_ctx=n_ctx, n_threads=n_threads)
         self.ctx = internals.LlamaContext(model=generator.model, params=params, verbose=False)
         self.memory = llama_cpp.llama_get_memory(self.ctx.ctx)
         self.batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
