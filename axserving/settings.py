@@ -219,7 +219,7 @@ AXS_POLICY_REFRESH = env.float("AXS_POLICY_REFRESH", default=2.0)
 # Quota Redis calls give up after this long; Redis is then skipped for AXS_QUOTA_REDIS_RETRY seconds.
 AXS_QUOTA_REDIS_TIMEOUT = env.float("AXS_QUOTA_REDIS_TIMEOUT", default=0.25)
 AXS_QUOTA_REDIS_RETRY = env.float("AXS_QUOTA_REDIS_RETRY", default=2.0)
-# Redis connections each gateway process keeps for quotas (requests beyond it wait up to the timeout above).
+# Redis connections each gateway process keeps for quotas (a request beyond them waits for one, up to 5 s).
 AXS_QUOTA_REDIS_CONNECTIONS = env.int("AXS_QUOTA_REDIS_CONNECTIONS", default=16)
 # A concurrency slot not released after this long is reclaimed (a gateway died mid-request).
 AXS_INFLIGHT_TTL = env.float("AXS_INFLIGHT_TTL", default=900.0)
